@@ -1,0 +1,143 @@
+//! Group commit: one flusher thread makes appended batches durable for everyone at once.
+//!
+//! Appends mark their partition dirty. The flusher takes the dirty set, notes each partition's
+//! log end offset, calls [`Storage::flush`] once, and then advances each partition's high
+//! watermark to the offset it noted. Producers waiting with `acks=all` wait for the high
+//! watermark to pass their last offset, so all the produces that arrive during one flush share
+//! the next one.
+
+use crate::log::PartitionLog;
+use crate::storage::Storage;
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+type Log<S> = Arc<PartitionLog<<S as Storage>::Log>>;
+
+struct Shared<S: Storage> {
+    storage: Arc<S>,
+    dirty: Mutex<HashMap<(String, i32), Log<S>>>,
+    wake: Condvar,
+    stopping: AtomicBool,
+    flushes: AtomicU64,
+    flush_micros: AtomicU64,
+}
+
+/// The group-commit flusher of one broker.
+pub struct GroupCommit<S: Storage> {
+    shared: Arc<Shared<S>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<S: Storage> std::fmt::Debug for GroupCommit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("flushes", &self.flushes())
+            .finish()
+    }
+}
+
+impl<S: Storage> GroupCommit<S> {
+    /// Starts the flusher. `linger` lets a flush wait for more appends to join it (0: flush as
+    /// soon as anything is dirty).
+    pub fn start(storage: Arc<S>, linger: Duration) -> Self {
+        let shared = Arc::new(Shared {
+            storage,
+            dirty: Mutex::new(HashMap::new()),
+            wake: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
+            flush_micros: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("runnel-flusher".into())
+            .spawn(move || flush_loop(&s, linger))
+            .expect("spawning the flusher thread");
+        Self {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Records that `log` has appended batches that are not durable yet.
+    pub fn mark_dirty(&self, topic: &str, partition: i32, log: &Log<S>) {
+        let mut dirty = self.shared.dirty.lock();
+        dirty
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| log.clone());
+        drop(dirty);
+        self.shared.wake.notify_one();
+    }
+
+    /// Flushes made so far.
+    pub fn flushes(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Total time spent in flushes, in microseconds.
+    pub fn flush_micros(&self) -> u64 {
+        self.shared.flush_micros.load(Ordering::Relaxed)
+    }
+
+    /// Makes everything durable, stops the flusher and waits for it.
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<S: Storage> Drop for GroupCommit<S> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn flush_loop<S: Storage>(shared: &Shared<S>, linger: Duration) {
+    loop {
+        let batch = {
+            let mut dirty = shared.dirty.lock();
+            while dirty.is_empty() && !shared.stopping.load(Ordering::SeqCst) {
+                shared.wake.wait(&mut dirty);
+            }
+            if dirty.is_empty() {
+                return;
+            }
+            if !linger.is_zero() {
+                shared.wake.wait_for(&mut dirty, linger);
+            }
+            std::mem::take(&mut *dirty)
+        };
+        // Note the end offsets before flushing: everything below them was written already.
+        let ends: Vec<(Log<S>, i64)> = batch
+            .into_values()
+            .map(|l| {
+                let end = l.log_end_offset();
+                (l, end)
+            })
+            .collect();
+        let started = Instant::now();
+        loop {
+            match shared.storage.flush() {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "flush failed; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        shared.flushes.fetch_add(1, Ordering::Relaxed);
+        shared
+            .flush_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        for (log, end) in ends {
+            log.advance_high_watermark(end);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The broker's errors, and the one place where they become gRPC statuses.
+
+use crate::log::LogError;
+use crate::storage::StorageError;
+use tonic::{Code, Status};
+
+/// Everything a broker request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No such topic.
+    #[error("topic `{0}` does not exist")]
+    UnknownTopic(String),
+    /// No such partition of an existing topic.
+    #[error("topic `{topic}` has {count} partitions, asked for partition {partition}")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: i32,
+        /// How many it has.
+        count: usize,
+    },
+    /// This broker does not lead the partition.
+    #[error("broker {broker} is not the leader of `{topic}` partition {partition}; the leader is broker {leader}{at}")]
+    NotLeader {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// This broker.
+        broker: i32,
+        /// The leader's id (-1 when none).
+        leader: i32,
+        /// " at host:port" when known.
+        at: String,
+    },
+    /// A topic name Kafka's rules refuse.
+    #[error("invalid topic name `{name}`: {reason}")]
+    InvalidTopicName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A partition count of zero, negative or too large.
+    #[error("invalid partition count {0}: a topic needs between 1 and 10000 partitions")]
+    InvalidPartitionCount(i32),
+    /// A replication factor the cluster cannot satisfy.
+    #[error("invalid replication factor {factor}: {reason}")]
+    InvalidReplicationFactor {
+        /// The factor asked for.
+        factor: i32,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A topic config value out of its domain.
+    #[error("invalid topic config {key}={value}: {reason}")]
+    InvalidConfig {
+        /// The config key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A topic that exists already.
+    #[error("topic `{0}` already exists")]
+    TopicExists(String),
+    /// A produce request with both or neither of `batches` and `records`.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A produce request larger than the broker takes.
+    #[error("produce request of {size} bytes exceeds the limit of {max} bytes")]
+    RequestTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A topic call that only the controller may make.
+    #[error("this broker is managed by the operator: change topics through Topic resources")]
+    NotController,
+    /// A partition log refused or failed.
+    #[error("topic `{topic}` partition {partition}: {source}")]
+    Log {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// What the log said.
+        #[source]
+        source: LogError,
+    },
+    /// acks=all did not become durable in time.
+    #[error("topic `{topic}` partition {partition}: records appended but not durable within {millis} ms")]
+    DurabilityTimeout {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The timeout.
+        millis: u64,
+    },
+    /// Storage failed outside a partition log.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The broker is stopping.
+    #[error("broker is shutting down")]
+    ShuttingDown,
+}
+
+impl BrokerError {
+    /// The gRPC code a client sees.
+    pub fn code(&self) -> Code {
+        match self {
+            BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => Code::NotFound,
+            BrokerError::NotLeader { .. } | BrokerError::NotController => Code::FailedPrecondition,
+            BrokerError::InvalidTopicName { .. }
+            | BrokerError::InvalidPartitionCount(_)
+            | BrokerError::InvalidReplicationFactor { .. }
+            | BrokerError::InvalidConfig { .. }
+            | BrokerError::InvalidRequest(_) => Code::InvalidArgument,
+            BrokerError::TopicExists(_) => Code::AlreadyExists,
+            BrokerError::RequestTooLarge { .. } => Code::ResourceExhausted,
+            BrokerError::Log { source, .. } => match source {
+                LogError::InvalidBatch(_) | LogError::EmptyProduce | LogError::Unsupported(_) => {
+                    Code::InvalidArgument
+                }
+                LogError::BatchTooLarge { .. } => Code::ResourceExhausted,
+                LogError::OffsetOutOfRange { .. } => Code::OutOfRange,
+                LogError::OutOfOrderSequence { .. } | LogError::ProducerFenced { .. } => {
+                    Code::Aborted
+                }
+                LogError::Storage(_) => Code::Internal,
+            },
+            BrokerError::DurabilityTimeout { .. } => Code::DeadlineExceeded,
+            BrokerError::Storage(_) => Code::Internal,
+            BrokerError::ShuttingDown => Code::Unavailable,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self.code() {
+            Code::NotFound => "not_found",
+            Code::InvalidArgument => "invalid_argument",
+            Code::OutOfRange => "out_of_range",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::Aborted => "aborted",
+            Code::AlreadyExists => "already_exists",
+            Code::Unavailable => "unavailable",
+            _ => "internal",
+        }
+    }
+
+    /// Wraps a log error with its partition.
+    pub fn log(topic: &str, partition: i32, source: LogError) -> Self {
+        BrokerError::Log {
+            topic: topic.to_string(),
+            partition,
+            source,
+        }
+    }
+}
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Self {
+        let code = e.code();
+        if code == Code::Internal {
+            tracing::error!(error = %e, "internal error");
+        }
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,17 @@
+//! Runnel's broker: partition logs in sled, served over gRPC.
+//!
+//! Layout: [`codec`](runnel_codec) validates batches; [`storage`] keeps them; [`log`] applies
+//! Kafka's rules per partition; [`durability`] makes appends durable by group commit; [`broker`]
+//! ties partitions to metadata; [`service`] is the gRPC edge; [`server`] runs the process.
+
+pub mod broker;
+pub mod config;
+pub mod durability;
+pub mod error;
+pub mod log;
+pub mod metadata;
+pub mod metrics;
+pub mod retention;
+pub mod server;
+pub mod service;
+pub mod storage;

@@ -1,0 +1,695 @@
+//! A partition log: Kafka's rules over a [`BatchLog`].
+//!
+//! The log validates each produced batch, assigns offsets (patching the batch's base offset in
+//! place; the bytes are otherwise stored as they came), deduplicates idempotent producers'
+//! retries, tracks the log start offset, the log end offset and the high watermark, answers
+//! reads and offset queries, and applies retention. The high watermark only moves when the
+//! group commit ([`crate::durability`]) has made the batches below it durable: a consumer never
+//! sees a record that a crash could take back.
+
+use crate::retention::{retention_cut, BatchMeta};
+use crate::storage::{BatchLog, StorageError};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use runnel_codec::{self as codec, BatchHeader, CodecError, NO_PRODUCER_ID};
+use std::collections::{HashMap, VecDeque};
+use tokio::sync::watch;
+
+/// How many recent batches per producer and partition are remembered for duplicate detection.
+/// Kafka keeps 5 and caps in-flight requests at 5; acks=all here waits for an fsync, so
+/// producers keep more batches in flight to fill the pipe, and the window covers them.
+const PRODUCER_WINDOW: usize = 64;
+
+/// A partition log's failure, without the topic/partition (the service edge adds those).
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The batch bytes are not a valid RecordBatch v2.
+    #[error("{0}")]
+    InvalidBatch(#[from] CodecError),
+    /// A produce request carried no batch and no record.
+    #[error("produce request carries no records")]
+    EmptyProduce,
+    /// A batch is larger than the topic's `max.message.bytes`.
+    #[error("record batch of {size} bytes exceeds max.message.bytes of {max}")]
+    BatchTooLarge {
+        /// Size of the offending batch.
+        size: usize,
+        /// The topic's limit.
+        max: usize,
+    },
+    /// A batch uses a feature the broker does not offer.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// A read or offset query outside `[log_start_offset, log_end_offset]`.
+    #[error("offset {offset} is out of range: the log holds offsets {log_start_offset} to {log_end_offset}")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        offset: i64,
+        /// The first offset held.
+        log_start_offset: i64,
+        /// The offset the next record gets.
+        log_end_offset: i64,
+    },
+    /// An idempotent producer skipped or reordered a sequence number.
+    #[error("out of order sequence for producer {producer_id}: expected {expected}, got {got}")]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: i64,
+        /// The sequence that was due.
+        expected: i32,
+        /// The sequence that came.
+        got: i32,
+    },
+    /// A producer with an older epoch than one already seen.
+    #[error("producer {producer_id} is fenced: epoch {epoch} is older than {current}")]
+    ProducerFenced {
+        /// The producer.
+        producer_id: i64,
+        /// Its epoch in the request.
+        epoch: i16,
+        /// The newest epoch seen.
+        current: i16,
+    },
+    /// The storage underneath failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The per-topic settings a log obeys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `max.message.bytes`: largest batch accepted.
+    pub max_message_bytes: usize,
+    /// `retention.ms`; negative keeps batches forever.
+    pub retention_ms: i64,
+    /// `retention.bytes`; negative means no size limit.
+    pub retention_bytes: i64,
+    /// `message.timestamp.type=LogAppendTime`: the broker stamps batches.
+    pub log_append_time: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1_048_588,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            log_append_time: false,
+        }
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Offset of the first record.
+    pub base_offset: i64,
+    /// Offset of the last record.
+    pub last_offset: i64,
+    /// The broker's stamp for log-append-time topics, else -1.
+    pub log_append_time_ms: i64,
+    /// The log start offset after the append.
+    pub log_start_offset: i64,
+    /// True when every batch was a retry of one already stored (nothing was written).
+    pub duplicate: bool,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone)]
+pub struct ReadOutcome {
+    /// Whole stored batches; the first may start before the offset asked for.
+    pub batches: Vec<Bytes>,
+    /// The high watermark when the read was made.
+    pub high_watermark: i64,
+    /// The log start offset when the read was made.
+    pub log_start_offset: i64,
+    /// Where the next read should start.
+    pub next_offset: i64,
+}
+
+/// A partition's offsets and size, as `DescribePartitions` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSummary {
+    /// First offset held.
+    pub log_start_offset: i64,
+    /// Offset the next record gets.
+    pub log_end_offset: i64,
+    /// Last durable offset + 1; what consumers can read.
+    pub high_watermark: i64,
+    /// Bytes of stored batches.
+    pub size_bytes: u64,
+    /// Number of stored batches.
+    pub batch_count: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SequenceRange {
+    first_seq: i32,
+    last_seq: i32,
+    base_offset: i64,
+    last_offset: i64,
+}
+
+#[derive(Debug, Default)]
+struct ProducerState {
+    epoch: i16,
+    recent: VecDeque<SequenceRange>,
+}
+
+enum SequenceCheck {
+    Append,
+    Duplicate(SequenceRange),
+}
+
+impl ProducerState {
+    fn check(&self, h: &BatchHeader) -> Result<SequenceCheck, LogError> {
+        if h.producer_epoch < self.epoch {
+            return Err(LogError::ProducerFenced {
+                producer_id: h.producer_id,
+                epoch: h.producer_epoch,
+                current: self.epoch,
+            });
+        }
+        let Some(last) = self.recent.back() else {
+            return Ok(SequenceCheck::Append);
+        };
+        if h.producer_epoch > self.epoch {
+            return Ok(SequenceCheck::Append);
+        }
+        let first_seq = h.base_sequence;
+        if let Some(seen) = self.recent.iter().find(|r| r.first_seq == first_seq) {
+            return Ok(SequenceCheck::Duplicate(*seen));
+        }
+        let expected = next_sequence(last.last_seq);
+        if first_seq != expected {
+            return Err(LogError::OutOfOrderSequence {
+                producer_id: h.producer_id,
+                expected,
+                got: first_seq,
+            });
+        }
+        Ok(SequenceCheck::Append)
+    }
+
+    fn record(&mut self, h: &BatchHeader, base_offset: i64) {
+        if h.producer_epoch > self.epoch {
+            self.epoch = h.producer_epoch;
+            self.recent.clear();
+        }
+        if self.recent.len() == PRODUCER_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(SequenceRange {
+            first_seq: h.base_sequence,
+            last_seq: h.base_sequence.wrapping_add(h.last_offset_delta) & i32::MAX,
+            base_offset,
+            last_offset: base_offset + i64::from(h.last_offset_delta),
+        });
+    }
+}
+
+/// Sequences wrap from `i32::MAX` to 0, as in Kafka.
+fn next_sequence(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+#[derive(Debug)]
+struct LogState {
+    log_start_offset: i64,
+    log_end_offset: i64,
+    high_watermark: i64,
+    index: VecDeque<BatchMeta>,
+    size_bytes: u64,
+    producers: HashMap<i64, ProducerState>,
+}
+
+impl LogState {
+    /// The first batch that holds `offset` or anything after it.
+    fn batch_at(&self, offset: i64) -> Option<&BatchMeta> {
+        let i = self.index.partition_point(|b| b.last_offset < offset);
+        self.index.get(i)
+    }
+}
+
+/// One partition's log over a [`BatchLog`].
+#[derive(Debug)]
+pub struct PartitionLog<L> {
+    store: L,
+    state: Mutex<LogState>,
+    high_watermark: watch::Sender<i64>,
+}
+
+impl<L: BatchLog> PartitionLog<L> {
+    /// Opens the log and recovers its state from the stored batches. `log_start_floor` is the
+    /// persisted log start offset (batches deleted by retention leave it behind).
+    pub fn recover(store: L, log_start_floor: i64) -> Result<Self, LogError> {
+        let mut index = VecDeque::new();
+        let mut size_bytes = 0u64;
+        let mut producers: HashMap<i64, ProducerState> = HashMap::new();
+        for (base, batch) in store.scan()? {
+            let h = codec::read_header(&batch).map_err(|e| {
+                StorageError::Corrupt(format!("stored batch at offset {base}: {e}"))
+            })?;
+            if h.producer_id != NO_PRODUCER_ID {
+                producers.entry(h.producer_id).or_default().record(&h, base);
+            }
+            size_bytes += batch.len() as u64;
+            index.push_back(BatchMeta::of(&h, batch.len()));
+        }
+        let log_end_offset = index
+            .back()
+            .map_or(log_start_floor, |b| b.last_offset + 1)
+            .max(log_start_floor);
+        let log_start_offset = index
+            .front()
+            .map_or(log_end_offset, |b| b.base_offset)
+            .max(log_start_floor);
+        // Everything found on disk at start is durable: it is what a crash left.
+        let (high_watermark, _) = watch::channel(log_end_offset);
+        Ok(Self {
+            store,
+            state: Mutex::new(LogState {
+                log_start_offset,
+                log_end_offset,
+                high_watermark: log_end_offset,
+                index,
+                size_bytes,
+                producers,
+            }),
+            high_watermark,
+        })
+    }
+
+    /// Validates and appends the batches of one produce request (all are checked before any is
+    /// written). The caller makes them durable and advances the high watermark.
+    pub fn append(
+        &self,
+        batches: &[Bytes],
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> Result<AppendOutcome, LogError> {
+        if batches.is_empty() {
+            return Err(LogError::EmptyProduce);
+        }
+        let mut headers = Vec::with_capacity(batches.len());
+        for b in batches {
+            if b.len() > config.max_message_bytes {
+                return Err(LogError::BatchTooLarge {
+                    size: b.len(),
+                    max: config.max_message_bytes,
+                });
+            }
+            let h = codec::validate_batch(b)?;
+            if h.total_len() != b.len() {
+                return Err(CodecError::MalformedRecord(format!(
+                    "{} trailing bytes after the batch",
+                    b.len() - h.total_len()
+                ))
+                .into());
+            }
+            if h.records_count == 0 {
+                return Err(LogError::EmptyProduce);
+            }
+            if h.is_transactional() || h.is_control() {
+                return Err(LogError::Unsupported(
+                    "transactional and control batches are not supported",
+                ));
+            }
+            headers.push(h);
+        }
+
+        let mut state = self.state.lock();
+        let mut first: Option<i64> = None;
+        let mut last = -1;
+        let mut written = false;
+        let append_time = if config.log_append_time { now_ms } else { -1 };
+        for (bytes, h) in batches.iter().zip(&headers) {
+            if h.producer_id != NO_PRODUCER_ID {
+                let producer = state.producers.entry(h.producer_id).or_default();
+                if let SequenceCheck::Duplicate(seen) = producer.check(h)? {
+                    first.get_or_insert(seen.base_offset);
+                    last = seen.last_offset;
+                    continue;
+                }
+            }
+            let base = state.log_end_offset;
+            let mut batch = bytes.to_vec();
+            codec::set_base_offset(&mut batch, base);
+            if config.log_append_time {
+                codec::set_log_append_time(&mut batch, now_ms)?;
+            }
+            self.store.put(base, &batch)?;
+            let stored = codec::read_header(&batch)?;
+            if h.producer_id != NO_PRODUCER_ID {
+                state
+                    .producers
+                    .entry(h.producer_id)
+                    .or_default()
+                    .record(h, base);
+            }
+            state.log_end_offset = stored.next_offset();
+            state.size_bytes += batch.len() as u64;
+            state.index.push_back(BatchMeta::of(&stored, batch.len()));
+            first.get_or_insert(base);
+            last = stored.last_offset();
+            written = true;
+        }
+        Ok(AppendOutcome {
+            base_offset: first.unwrap_or(-1),
+            last_offset: last,
+            log_append_time_ms: append_time,
+            log_start_offset: state.log_start_offset,
+            duplicate: !written,
+        })
+    }
+
+    /// The log end offset: what the high watermark may advance to once durable.
+    pub fn log_end_offset(&self) -> i64 {
+        self.state.lock().log_end_offset
+    }
+
+    /// Moves the high watermark up to `offset` (never down) and wakes readers and waiters.
+    pub fn advance_high_watermark(&self, offset: i64) {
+        let mut state = self.state.lock();
+        let to = offset.min(state.log_end_offset);
+        if to > state.high_watermark {
+            state.high_watermark = to;
+            self.high_watermark.send_replace(to);
+        }
+    }
+
+    /// A receiver that sees every high watermark change (long-poll fetch, acks=all, subscribe).
+    pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
+        self.high_watermark.subscribe()
+    }
+
+    /// Reads committed batches (below the high watermark) from `offset`, up to `max_bytes`
+    /// (at least one batch when any is available).
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, LogError> {
+        let (from_base, hw, lso) = {
+            let s = self.state.lock();
+            if offset < s.log_start_offset || offset > s.log_end_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: s.log_start_offset,
+                    log_end_offset: s.log_end_offset,
+                });
+            }
+            let from = match s.batch_at(offset) {
+                Some(b) if b.base_offset < s.high_watermark => b.base_offset,
+                _ => {
+                    return Ok(ReadOutcome {
+                        batches: Vec::new(),
+                        high_watermark: s.high_watermark,
+                        log_start_offset: s.log_start_offset,
+                        next_offset: offset,
+                    })
+                }
+            };
+            (from, s.high_watermark, s.log_start_offset)
+        };
+        let batches = self.store.read(from_base, hw, max_bytes)?;
+        let next_offset = match batches.last() {
+            Some(b) => codec::read_header(b)?.next_offset().max(offset),
+            None => offset,
+        };
+        Ok(ReadOutcome {
+            batches,
+            high_watermark: hw,
+            log_start_offset: lso,
+            next_offset,
+        })
+    }
+
+    /// Offsets and size.
+    pub fn summary(&self) -> LogSummary {
+        let s = self.state.lock();
+        LogSummary {
+            log_start_offset: s.log_start_offset,
+            log_end_offset: s.log_end_offset,
+            high_watermark: s.high_watermark,
+            size_bytes: s.size_bytes,
+            batch_count: s.index.len() as u64,
+        }
+    }
+
+    /// The first committed offset whose record timestamp is at or after `timestamp_ms`, with
+    /// that record's timestamp; `None` when no record is that new.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let base = {
+            let s = self.state.lock();
+            match s
+                .index
+                .iter()
+                .find(|b| b.max_timestamp >= timestamp_ms && b.base_offset < s.high_watermark)
+            {
+                Some(b) => b.base_offset,
+                None => return Ok(None),
+            }
+        };
+        let Some(batch) = self.store.read(base, base + 1, 1)?.into_iter().next() else {
+            return Ok(None);
+        };
+        let (_, records) = codec::decode_batch(&batch)?;
+        Ok(records
+            .iter()
+            .find(|r| r.timestamp >= timestamp_ms)
+            .map(|r| (r.offset, r.timestamp)))
+    }
+
+    /// Deletes whole batches from the front that retention no longer keeps; returns the new log
+    /// start offset when it moved (the caller persists it).
+    pub fn apply_retention(
+        &self,
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> Result<Option<i64>, LogError> {
+        let mut s = self.state.lock();
+        let committed = s
+            .index
+            .partition_point(|b| b.base_offset < s.high_watermark);
+        let cut = retention_cut(
+            s.index.iter().take(committed),
+            s.size_bytes,
+            now_ms,
+            config.retention_ms,
+            config.retention_bytes,
+        );
+        if cut == 0 {
+            return Ok(None);
+        }
+        for _ in 0..cut {
+            let Some(b) = s.index.front().copied() else {
+                break;
+            };
+            self.store.remove(b.base_offset)?;
+            s.index.pop_front();
+            s.size_bytes -= b.size;
+        }
+        s.log_start_offset = s.index.front().map_or(s.log_end_offset, |b| b.base_offset);
+        Ok(Some(s.log_start_offset))
+    }
+}
+
+impl BatchMeta {
+    fn of(h: &BatchHeader, size: usize) -> Self {
+        BatchMeta {
+            base_offset: h.base_offset,
+            last_offset: h.last_offset(),
+            max_timestamp: h.max_timestamp,
+            size: size as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{MemoryStorage, SledStorage, Storage};
+    use runnel_codec::{BatchBuilder, Compression, ProducerInfo};
+
+    fn batch(n: usize, ts: i64, producer: Option<(i64, i32)>) -> Bytes {
+        let mut b = BatchBuilder::new(Compression::None, ts);
+        if let Some((pid, seq)) = producer {
+            b = b.with_producer(ProducerInfo {
+                producer_id: pid,
+                producer_epoch: 0,
+                base_sequence: seq,
+            });
+        }
+        for i in 0..n {
+            b.append(ts, Some(format!("k{i}").as_bytes()), Some(b"value"), &[]);
+        }
+        b.build().expect("build")
+    }
+
+    fn config() -> LogConfig {
+        LogConfig::default()
+    }
+
+    /// The log's contract, run over every storage.
+    fn contract<S: Storage>(storage: &S) {
+        let log =
+            PartitionLog::recover(storage.open_log("t", 0).expect("open"), 0).expect("recover");
+        let a = log
+            .append(&[batch(3, 1000, None)], &config(), 0)
+            .expect("append");
+        assert_eq!((a.base_offset, a.last_offset), (0, 2));
+        let b = log
+            .append(&[batch(2, 2000, None), batch(1, 3000, None)], &config(), 0)
+            .expect("append");
+        assert_eq!((b.base_offset, b.last_offset), (3, 5));
+        // Nothing is visible until durable.
+        assert!(log.read(0, 1 << 20).expect("read").batches.is_empty());
+        storage.flush().expect("flush");
+        log.advance_high_watermark(log.log_end_offset());
+        let r = log.read(4, 1 << 20).expect("read");
+        assert_eq!(r.high_watermark, 6);
+        assert_eq!(r.batches.len(), 2, "starts with the batch holding offset 4");
+        assert_eq!(r.next_offset, 6);
+        let offsets: Vec<i64> = r
+            .batches
+            .iter()
+            .flat_map(|b| codec::decode_batch(b).expect("decode").1)
+            .map(|rec| rec.offset)
+            .collect();
+        assert_eq!(offsets, vec![3, 4, 5]);
+        assert!(matches!(
+            log.read(7, 100),
+            Err(LogError::OffsetOutOfRange { offset: 7, .. })
+        ));
+        assert_eq!(log.offset_for_timestamp(1500).expect("ts"), Some((3, 2000)));
+        assert_eq!(log.offset_for_timestamp(9999).expect("ts"), None);
+        // Retention by bytes keeps the newest batches.
+        let s = log.summary();
+        let last_size = log.read(5, 1).expect("read").batches[0].len() as i64;
+        let cfg = LogConfig {
+            retention_bytes: last_size,
+            retention_ms: -1,
+            ..config()
+        };
+        assert_eq!(log.apply_retention(&cfg, 0).expect("retention"), Some(5));
+        assert_eq!(log.summary().log_start_offset, 5);
+        assert!(log.summary().size_bytes < s.size_bytes);
+        assert!(matches!(
+            log.read(2, 100),
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        // Recovery rebuilds the same state.
+        drop(log);
+        let log =
+            PartitionLog::recover(storage.open_log("t", 0).expect("open"), 5).expect("recover");
+        let s2 = log.summary();
+        assert_eq!(
+            (s2.log_start_offset, s2.log_end_offset, s2.high_watermark),
+            (5, 6, 6)
+        );
+    }
+
+    #[test]
+    fn log_contract_on_memory() {
+        contract(&MemoryStorage::default());
+    }
+
+    #[test]
+    fn log_contract_on_sled() {
+        let dir = tempfile::tempdir().expect("dir");
+        contract(&SledStorage::open(dir.path()).expect("open"));
+    }
+
+    #[test]
+    fn idempotent_retries_are_dropped_and_gaps_refused() {
+        let s = MemoryStorage::default();
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let b0 = batch(3, 0, Some((7, 0)));
+        let first = log
+            .append(std::slice::from_ref(&b0), &config(), 0)
+            .expect("append");
+        let again = log.append(&[b0], &config(), 0).expect("retry");
+        assert!(again.duplicate);
+        assert_eq!(
+            (again.base_offset, again.last_offset),
+            (first.base_offset, first.last_offset)
+        );
+        assert_eq!(log.log_end_offset(), 3);
+        let gap = log.append(&[batch(1, 0, Some((7, 5)))], &config(), 0);
+        assert!(matches!(
+            gap,
+            Err(LogError::OutOfOrderSequence {
+                expected: 3,
+                got: 5,
+                ..
+            })
+        ));
+        log.append(&[batch(1, 0, Some((7, 3)))], &config(), 0)
+            .expect("next in sequence");
+        assert_eq!(log.log_end_offset(), 4);
+    }
+
+    #[test]
+    fn producer_state_survives_recovery() {
+        let s = MemoryStorage::default();
+        let b0 = batch(2, 0, Some((9, 0)));
+        {
+            let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+            log.append(std::slice::from_ref(&b0), &config(), 0)
+                .expect("append");
+        }
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        assert!(log.append(&[b0], &config(), 0).expect("retry").duplicate);
+    }
+
+    #[test]
+    fn bad_batches_are_refused_and_nothing_is_written() {
+        let s = MemoryStorage::default();
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let good = batch(1, 0, None);
+        let mut bad_crc = good.to_vec();
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 0xff;
+        let cases: Vec<Bytes> = vec![
+            Bytes::from(bad_crc),
+            good.slice(..good.len() - 3),
+            Bytes::from_static(b"garbage"),
+        ];
+        for bad in cases {
+            let r = log.append(&[good.clone(), bad], &config(), 0);
+            assert!(matches!(r, Err(LogError::InvalidBatch(_))), "{r:?}");
+        }
+        assert!(matches!(
+            log.append(&[], &config(), 0),
+            Err(LogError::EmptyProduce)
+        ));
+        let small = LogConfig {
+            max_message_bytes: 10,
+            ..config()
+        };
+        assert!(matches!(
+            log.append(&[good], &small, 0),
+            Err(LogError::BatchTooLarge { .. })
+        ));
+        assert_eq!(log.log_end_offset(), 0);
+    }
+
+    #[test]
+    fn log_append_time_stamps_batches() {
+        let s = MemoryStorage::default();
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let cfg = LogConfig {
+            log_append_time: true,
+            ..config()
+        };
+        let out = log
+            .append(&[batch(2, 5, None)], &cfg, 123_456)
+            .expect("append");
+        assert_eq!(out.log_append_time_ms, 123_456);
+        log.advance_high_watermark(2);
+        let r = log.read(0, 1 << 20).expect("read");
+        let h = codec::validate_batch(&r.batches[0]).expect("valid after stamping");
+        assert_eq!(h.max_timestamp, 123_456);
+    }
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics and the HTTP endpoint that serves them with `/healthz` and `/readyz`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Labels of per-topic series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// The topic.
+    pub topic: String,
+}
+
+/// Labels of per-request-kind series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The RPC.
+    pub rpc: String,
+    /// The error's metric label.
+    pub error: String,
+}
+
+/// The broker's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    produced_records: Family<TopicLabels, Counter>,
+    produced_bytes: Family<TopicLabels, Counter>,
+    fetched_bytes: Family<TopicLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    /// Flushes made by the group commit.
+    pub flushes: Counter,
+    /// Partition logs held.
+    pub partitions: Gauge,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("runnel_broker");
+        let produced_records = Family::<TopicLabels, Counter>::default();
+        let produced_bytes = Family::<TopicLabels, Counter>::default();
+        let fetched_bytes = Family::<TopicLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let flushes = Counter::default();
+        let partitions = Gauge::default();
+        registry.register(
+            "produced_records",
+            "Records appended",
+            produced_records.clone(),
+        );
+        registry.register(
+            "produced_bytes",
+            "Batch bytes appended",
+            produced_bytes.clone(),
+        );
+        registry.register(
+            "fetched_bytes",
+            "Batch bytes served to fetches",
+            fetched_bytes.clone(),
+        );
+        registry.register(
+            "request_errors",
+            "Requests that failed, by RPC and error",
+            errors.clone(),
+        );
+        registry.register("flushes", "Group-commit flushes", flushes.clone());
+        registry.register("partitions", "Partition logs held", partitions.clone());
+        Self {
+            registry,
+            produced_records,
+            produced_bytes,
+            fetched_bytes,
+            errors,
+            flushes,
+            partitions,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts an append.
+    pub fn record_produce(&self, topic: &str, records: u64, bytes: u64) {
+        let l = TopicLabels {
+            topic: topic.to_string(),
+        };
+        self.produced_records.get_or_create(&l).inc_by(records);
+        self.produced_bytes.get_or_create(&l).inc_by(bytes);
+    }
+
+    /// Counts bytes served.
+    pub fn record_fetch(&self, topic: &str, bytes: u64) {
+        if bytes > 0 {
+            self.fetched_bytes
+                .get_or_create(&TopicLabels {
+                    topic: topic.to_string(),
+                })
+                .inc_by(bytes);
+        }
+    }
+
+    /// Counts a failed request.
+    pub fn record_error(&self, rpc: &str, error: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                rpc: rpc.into(),
+                error: error.into(),
+            })
+            .inc();
+    }
+
+    /// Marks the broker ready (recovered and listening) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The HTTP router: `/metrics`, `/healthz`, `/readyz`.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move { m.render() }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                if m.ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ready\n").into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+                }
+            }),
+        )
+        .with_state(metrics)
+}

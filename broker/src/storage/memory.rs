@@ -1,0 +1,92 @@
+//! An in-memory [`Storage`], for tests of the logic above storage.
+
+use super::{log_name, parse_log_name, BatchLog, Storage, StorageError};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+type Batches = Arc<Mutex<BTreeMap<i64, Bytes>>>;
+
+/// Storage that keeps everything in memory and forgets it on drop.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    logs: Mutex<BTreeMap<String, Batches>>,
+    meta: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+/// A partition log of [`MemoryStorage`].
+#[derive(Debug, Clone)]
+pub struct MemoryLog(Batches);
+
+impl BatchLog for MemoryLog {
+    fn put(&self, base_offset: i64, batch: &[u8]) -> Result<(), StorageError> {
+        self.0
+            .lock()
+            .insert(base_offset, Bytes::copy_from_slice(batch));
+        Ok(())
+    }
+
+    fn read(&self, from_base: i64, end: i64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
+        let map = self.0.lock();
+        let mut out = Vec::new();
+        let mut total = 0;
+        for (_, b) in map.range(from_base..end) {
+            if !out.is_empty() && total + b.len() > max_bytes {
+                break;
+            }
+            total += b.len();
+            out.push(b.clone());
+        }
+        Ok(out)
+    }
+
+    fn scan(&self) -> Result<Vec<(i64, Bytes)>, StorageError> {
+        Ok(self.0.lock().iter().map(|(k, v)| (*k, v.clone())).collect())
+    }
+
+    fn remove(&self, base_offset: i64) -> Result<(), StorageError> {
+        self.0.lock().remove(&base_offset);
+        Ok(())
+    }
+}
+
+impl Storage for MemoryStorage {
+    type Log = MemoryLog;
+
+    fn open_log(&self, topic: &str, partition: i32) -> Result<MemoryLog, StorageError> {
+        let mut logs = self.logs.lock();
+        Ok(MemoryLog(
+            logs.entry(log_name(topic, partition)).or_default().clone(),
+        ))
+    }
+
+    fn drop_log(&self, topic: &str, partition: i32) -> Result<(), StorageError> {
+        if let Some(log) = self.logs.lock().remove(&log_name(topic, partition)) {
+            log.lock().clear();
+        }
+        Ok(())
+    }
+
+    fn list_logs(&self) -> Result<Vec<(String, i32)>, StorageError> {
+        Ok(self
+            .logs
+            .lock()
+            .keys()
+            .filter_map(|k| parse_log_name(k))
+            .collect())
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.meta.lock().get(key).cloned())
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.meta.lock().insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}

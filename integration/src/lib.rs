@@ -1,0 +1,221 @@
+//! Helpers for Runnel's integration tests: start the real `runnel-broker` on a free loopback
+//! port with a temporary data directory, find the real `runnel` CLI, and clean up on drop (also
+//! when a test fails).
+
+use anyhow::{bail, Context};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --workspace --bins` (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A `runnel-broker --standalone` process on loopback.
+#[derive(Debug)]
+pub struct Broker {
+    child: Option<Child>,
+    /// host:port of its gRPC listener.
+    pub address: String,
+    /// host:port of its HTTP endpoint.
+    pub metrics_address: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    extra: Vec<String>,
+    port: u16,
+}
+
+impl Broker {
+    /// Starts a broker on `data_dir` and waits until it serves.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let port = free_port();
+        let mut b = Broker {
+            child: None,
+            address: format!("127.0.0.1:{port}"),
+            metrics_address: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            log_path: data_dir.with_extension("log"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            port,
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mport = free_port();
+        self.metrics_address = format!("127.0.0.1:{mport}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let child = Command::new(bin("runnel-broker"))
+            .arg("--standalone")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(&self.address)
+            .arg("--metrics-listen")
+            .arg(&self.metrics_address)
+            .args(&self.extra)
+            .env("RUNNEL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting runnel-broker")?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "runnel-broker exited with {status} before serving; log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            if std::net::TcpStream::connect(&self.address).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "runnel-broker did not listen on {} within 60 s; log:\n{}",
+                    self.address,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// `http://host:port` of the gRPC listener.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut c = self.child.take().context("broker not running")?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!(
+                    "runnel-broker did not exit within 30 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the broker again on the same port and data directory.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.address = format!("127.0.0.1:{}", self.port);
+        self.spawn()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the `runnel` CLI against `bootstrap` with `args`, feeding `stdin`; returns (status, stdout, stderr).
+pub fn runnel(
+    bootstrap: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<(ExitStatus, String, String)> {
+    use std::io::Write;
+    let mut child = Command::new(bin("runnel"))
+        .arg("--bootstrap")
+        .arg(bootstrap)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting runnel")?;
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().context("stdin")?;
+        let data = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""`make bench`: the broker against a raw-sled baseline, on loopback, written to docs/benchmarks.md.
+
+Each case runs against a fresh release broker (`--standalone`, data in a temporary directory on
+the same disk as the baseline's). The baseline, `runnel-storage-bench`, writes the same batches
+straight into sled with the broker's flush policy, in the same run, so the broker's overhead is a
+ratio. Nothing else should run on the machine meanwhile.
+"""
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+QUICK = os.environ.get("RUNNEL_BENCH_QUICK") == "1"
+SCALE = 0.2 if QUICK else 1.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, workdir):
+        self.data = tempfile.mkdtemp(prefix="broker-", dir=workdir)
+        self.addr = f"127.0.0.1:{free_port()}"
+        self.log = open(os.path.join(workdir, "broker.log"), "ab")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "runnel-broker"), "--standalone", "--data-dir", self.data, "--listen", self.addr],
+            stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(tuple([self.addr.split(":")[0], int(self.addr.split(":")[1])]), 0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise SystemExit("runnel-broker exited at start; see broker.log")
+                time.sleep(0.05)
+        raise SystemExit("runnel-broker did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def runnel(addr, *args):
+    out = subprocess.run([os.path.join(BIN, "runnel"), "--bootstrap", addr, "--output", "json", *args],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def produce_case(workdir, size, acks, producers, records, extra=()):
+    b = Broker(workdir)
+    try:
+        cmd = ["bench", "produce", "--topic", "bench", "--partitions", str(max(1, producers)),
+               "--records", str(records), "--record-size", str(size), "--acks", acks,
+               "--producers", str(producers), *extra]
+        res = runnel(b.addr, *cmd)
+        res["command"] = "runnel " + " ".join(cmd)
+        if not extra:
+            c = runnel(b.addr, "bench", "consume", "--topic", "bench", "--records", str(records))
+            res["consume"] = c
+        return res
+    finally:
+        b.stop()
+
+
+def baseline(workdir, size, records):
+    d = tempfile.mkdtemp(prefix="baseline-", dir=workdir)
+    try:
+        cmd = [os.path.join(BIN, "runnel-storage-bench"), "--data-dir", d, "--records", str(records),
+               "--record-size", str(size)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        res["command"] = "runnel-storage-bench " + " ".join(cmd[2:]).replace(d, "DIR")
+        return res
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) // (1024 * 1024)
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def ms(p):
+    return f"{p['p50']:.2f} / {p['p99']:.2f} / {p['p999']:.2f}"
+
+
+def main():
+    workdir = tempfile.mkdtemp(prefix="runnel-bench-")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    n = {100: int(3_000_000 * SCALE), 1024: int(600_000 * SCALE)}
+    rows, base = [], {}
+    try:
+        for size in (100, 1024):
+            print(f"baseline: raw sled, {size}-byte records", file=sys.stderr)
+            base[size] = baseline(workdir, size, n[size])
+            for acks in ("1", "all"):
+                for producers in (1, 4):
+                    print(f"broker: {size}-byte records, acks={acks}, {producers} producer(s)", file=sys.stderr)
+                    rows.append((size, acks, producers, produce_case(workdir, size, acks, producers, n[size])))
+        # End-to-end latency at half of the target rates (500k rec/s of 100 B; 150 MB/s of 1 KiB).
+        e2e = []
+        for size, rate in ((100, 250_000), (1024, 73_000)):
+            print(f"end-to-end: {size}-byte records at {rate} records/s", file=sys.stderr)
+            res = produce_case(workdir, size, "all", 1, rate * (2 if QUICK else 10), ("--rate", str(rate), "--e2e"))
+            e2e.append((size, rate, res))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    out = []
+    out.append("# Benchmarks\n")
+    out.append(f"Written by `make bench` (`scripts/bench.py`) on {started:%Y-%m-%d %H:%M} UTC, commit `{rev}`.\n")
+    out.append(f"Machine: {machine()}. Broker and client on the same machine, over loopback; data on the same disk as the baseline's.\n")
+    out.append("Every case starts a fresh `runnel-broker --standalone` (release build) with an empty data directory. "
+               "Batches of 64 KiB, linger 5 ms, no compression, idempotent producers. Latencies are per record, "
+               "from `send` to acknowledgement (ack) or to the consumer (end-to-end), in ms.\n")
+    out.append("## Raw-sled baseline (`runnel-storage-bench`)\n")
+    out.append("The same 64 KiB RecordBatch v2 batches written straight into one sled tree, with a flusher thread "
+               "group-committing continuously (sled flush + fdatasync), as the broker does.\n")
+    out.append("| record size | records | records/s | MB/s | command |")
+    out.append("| --- | --- | --- | --- | --- |")
+    for size, r in base.items():
+        out.append(f"| {size} B | {r['records']:,} | {r['records_per_sec']:,.0f} | {r['mb_per_sec']:.1f} | `{r['command']}` |")
+    out.append("\n## Broker: produce (and consume back)\n")
+    out.append("| record size | acks | producers | records/s | MB/s | vs baseline | ack p50 / p99 / p99.9 ms | consume records/s | command |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for size, acks, producers, r in rows:
+        ratio = r["records_per_sec"] / base[size]["records_per_sec"]
+        c = r.get("consume", {})
+        out.append(f"| {size} B | {acks} | {producers} | {r['records_per_sec']:,.0f} | {r['mb_per_sec']:.1f} | "
+                   f"{ratio:.0%} | {ms(r['ack_latency_ms'])} | {c.get('records_per_sec', 0):,.0f} | `{r['command']}` |")
+    out.append("\n## End-to-end latency at half the target rate (acks=all, one producer)\n")
+    out.append("| record size | rate (records/s) | achieved records/s | ack p50 / p99 / p99.9 ms | end-to-end p50 / p99 / p99.9 ms | command |")
+    out.append("| --- | --- | --- | --- | --- | --- |")
+    for size, rate, r in e2e:
+        out.append(f"| {size} B | {rate:,} | {r['records_per_sec']:,.0f} | {ms(r['ack_latency_ms'])} | "
+                   f"{ms(r['e2e_latency_ms'])} | `{r['command']}` |")
+    out.append("\n## Targets (issue: broker data plane)\n")
+    one_all = {size: r for size, acks, p, r in rows if acks == "all" and p == 1}
+    checks = [
+        ("100-byte records, one producer, acks=all", f"{one_all[100]['records_per_sec']:,.0f} records/s", "≥ 500,000 records/s",
+         one_all[100]["records_per_sec"] >= 500_000),
+        ("1 KiB records, one producer, acks=all", f"{one_all[1024]['mb_per_sec']:.1f} MB/s", "≥ 150 MB/s",
+         one_all[1024]["mb_per_sec"] >= 150),
+    ]
+    for size, rate, r in e2e:
+        checks.append((f"end-to-end p99, {size}-byte records at {rate:,}/s", f"{r['e2e_latency_ms']['p99']:.2f} ms", "< 20 ms",
+                       r["e2e_latency_ms"]["p99"] < 20))
+    for size in (100, 1024):
+        ratio = one_all[size]["records_per_sec"] / base[size]["records_per_sec"]
+        checks.append((f"broker vs raw sled, {size}-byte records, acks=all", f"{ratio:.0%}", "≥ 60%", ratio >= 0.6))
+    out.append("| what | measured | target | met |")
+    out.append("| --- | --- | --- | --- |")
+    for what, got, target, ok in checks:
+        out.append(f"| {what} | {got} | {target} | {'yes' if ok else 'no'} |")
+    if QUICK:
+        out.append("\n(RUNNEL_BENCH_QUICK=1: shortened runs.)")
+    path = os.path.join(ROOT, "docs", "benchmarks.md")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Fails with the command that installs whatever the build and tests need but is missing.
+set -euo pipefail
+missing=0
+need() {
+  if ! command -v "$1" >/dev/null 2>&1; then
+    echo "missing: $1 — install it with: $2" >&2
+    missing=1
+  fi
+}
+need cargo "curl https://sh.rustup.rs -sSf | sh -s -- -y --profile minimal (or your distribution's rustup)"
+need cc "apt-get install -y build-essential"
+if command -v cargo >/dev/null 2>&1; then
+  cargo fmt --version >/dev/null 2>&1 || { echo "missing: rustfmt — install it with: rustup component add rustfmt" >&2; missing=1; }
+  cargo clippy --version >/dev/null 2>&1 || { echo "missing: clippy — install it with: rustup component add clippy" >&2; missing=1; }
+fi
+exit $missing
