@@ -116,7 +116,8 @@ impl<S: Storage> Broker<S> {
             Some(b) if b.len() == 8 => i64::from_be_bytes(b[..].try_into().unwrap_or_default()),
             _ => 0,
         };
-        let group_commit = GroupCommit::start(storage.clone(), settings.flush_linger);
+        let group_commit =
+            GroupCommit::start(storage.clone(), settings.flush_linger, metrics.clone());
         let (shutdown, _) = watch::channel(false);
         let broker = Self {
             metadata: RwLock::new(Arc::new(MetadataView::default())),

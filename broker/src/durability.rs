@@ -7,6 +7,7 @@
 //! the next one.
 
 use crate::log::PartitionLog;
+use crate::metrics::Metrics;
 use crate::storage::Storage;
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ struct Shared<S: Storage> {
     stopping: AtomicBool,
     flushes: AtomicU64,
     flush_micros: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// The group-commit flusher of one broker.
@@ -43,7 +45,7 @@ impl<S: Storage> std::fmt::Debug for GroupCommit<S> {
 impl<S: Storage> GroupCommit<S> {
     /// Starts the flusher. `linger` lets a flush wait for more appends to join it (0: flush as
     /// soon as anything is dirty).
-    pub fn start(storage: Arc<S>, linger: Duration) -> Self {
+    pub fn start(storage: Arc<S>, linger: Duration, metrics: Arc<Metrics>) -> Self {
         let shared = Arc::new(Shared {
             storage,
             dirty: Mutex::new(HashMap::new()),
@@ -51,6 +53,7 @@ impl<S: Storage> GroupCommit<S> {
             stopping: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
             flush_micros: AtomicU64::new(0),
+            metrics,
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -132,10 +135,14 @@ fn flush_loop<S: Storage>(shared: &Shared<S>, linger: Duration) {
                 }
             }
         }
+        let took = started.elapsed();
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         shared
             .flush_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        shared.metrics.flushes.inc();
+        shared.metrics.flush_seconds.observe(took.as_secs_f64());
+        shared.metrics.flush_partitions.observe(ends.len() as f64);
         for (log, end) in ends {
             log.advance_high_watermark(end);
         }

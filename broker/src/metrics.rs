@@ -10,6 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,10 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     /// Flushes made by the group commit.
     pub flushes: Counter,
+    /// Duration of each group-commit flush, in seconds.
+    pub flush_seconds: Histogram,
+    /// Partitions made durable per flush.
+    pub flush_partitions: Histogram,
     /// Partition logs held.
     pub partitions: Gauge,
     ready: AtomicBool,
@@ -53,6 +58,8 @@ impl Default for Metrics {
         let fetched_bytes = Family::<TopicLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let flushes = Counter::default();
+        let flush_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let flush_partitions = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let partitions = Gauge::default();
         registry.register(
             "produced_records",
@@ -75,6 +82,16 @@ impl Default for Metrics {
             errors.clone(),
         );
         registry.register("flushes", "Group-commit flushes", flushes.clone());
+        registry.register(
+            "flush_seconds",
+            "Duration of group-commit flushes",
+            flush_seconds.clone(),
+        );
+        registry.register(
+            "flush_partitions",
+            "Partitions made durable per flush",
+            flush_partitions.clone(),
+        );
         registry.register("partitions", "Partition logs held", partitions.clone());
         Self {
             registry,
@@ -83,6 +100,8 @@ impl Default for Metrics {
             fetched_bytes,
             errors,
             flushes,
+            flush_seconds,
+            flush_partitions,
             partitions,
             ready: AtomicBool::new(false),
         }

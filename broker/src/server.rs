@@ -11,7 +11,6 @@ use runnel_proto::v1::broker_server::BrokerServer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// HTTP/2 flow-control windows.
 const STREAM_WINDOW: u32 = 8 << 20;
@@ -109,7 +108,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(reflection)
         .add_service(data)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(
+            // The builder's tcp_nodelay applies only to listeners tonic binds itself; without
+            // it on accepted sockets, Nagle's algorithm holds small answers for ~40 ms.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        );
     metrics.set_ready(true);
     tracing::info!(address = %local, advertised = %config.settings.advertised_address, "runnel-broker listening");
 

@@ -484,10 +484,10 @@ pub async fn run_consume(cfg: &ConsumeBench) -> Result<ConsumeReport> {
             break;
         }
         last = Instant::now();
-        for r in &batch {
+        for r in batch.iter().take((cfg.records - records) as usize) {
             bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
+            records += 1;
         }
-        records += batch.len() as u64;
     }
     let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
     Ok(ConsumeReport {

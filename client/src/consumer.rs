@@ -601,11 +601,9 @@ async fn fetch_loop(
                 offset = next;
             }
             Err(status) if status.code() == tonic::Code::OutOfRange => {
-                let range = log_range(&cluster, &topic, partition).await;
-                let (start, hw) = match range {
-                    Ok(r) => r,
-                    Err(_) => (-1, -1),
-                };
+                let (start, hw) = log_range(&cluster, &topic, partition)
+                    .await
+                    .unwrap_or((-1, -1));
                 let reset = match config.auto_offset_reset {
                     AutoOffsetReset::Earliest if start >= 0 => Some(start),
                     AutoOffsetReset::Latest if hw >= 0 => Some(hw),

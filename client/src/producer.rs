@@ -78,6 +78,10 @@ impl fmt::Display for Acks {
     }
 }
 
+/// The most batches an idempotent producer may have in flight per partition: the broker
+/// remembers the last 64 batches of each producer to recognise retries.
+pub const MAX_IDEMPOTENT_IN_FLIGHT: usize = 64;
+
 /// A shared latency histogram (microseconds) the producer records into.
 pub type LatencyHistogram = Arc<Mutex<Histogram<u64>>>;
 
@@ -97,7 +101,9 @@ pub struct ProducerConfig {
     pub compression: Compression,
     /// Idempotent producer (producer id + sequence numbers; the broker drops duplicates).
     pub idempotent: bool,
-    /// Most batches outstanding per partition (pipelined on the connection).
+    /// Most batches outstanding per partition (pipelined on the connection). Default 16, not
+    /// Kafka's 5: an `acks=all` answer here waits for an fsync, so more batches must be in flight
+    /// to keep the disk busy; the broker remembers 64 batches per producer for deduplication.
     pub max_in_flight: usize,
     /// Most resends of a batch; delivery is bounded by `delivery_timeout` as well.
     pub retries: u32,
@@ -139,7 +145,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             compression: Compression::None,
             idempotent: true,
-            max_in_flight: 5,
+            max_in_flight: 16,
             retries: u32::MAX,
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
@@ -164,6 +170,12 @@ impl ProducerConfig {
             return Err(Error::Config(format!(
                 "batch_size must be between 1 and 64 MiB, got {}",
                 self.batch_size
+            )));
+        }
+        if self.idempotent && !(1..=MAX_IDEMPOTENT_IN_FLIGHT).contains(&self.max_in_flight) {
+            return Err(Error::Config(format!(
+                "max_in_flight must be between 1 and {MAX_IDEMPOTENT_IN_FLIGHT} for an idempotent producer (the broker deduplicates that many batches), got {}",
+                self.max_in_flight
             )));
         }
         if self.max_in_flight == 0 {
@@ -1378,8 +1390,14 @@ impl Sender {
                 self.shared.complete(&mut batch, Ok(ack));
             }
             Some(err) => {
+                // The broker's message usually names the topic and partition already.
+                let context = if err.message.contains(&format!("`{}`", batch.topic)) {
+                    String::new()
+                } else {
+                    batch.context()
+                };
                 let status = tonic::Status::new(tonic::Code::from_i32(err.code), err.message);
-                let error = Error::rpc(batch.context(), status);
+                let error = Error::rpc(context, status);
                 self.on_batch_error(pi, batch, error, now);
             }
         }
@@ -1825,7 +1843,10 @@ mod tests {
         let sealed = ready(&p);
         assert!(sealed.len() >= 5, "{sealed:?}");
         for w in sealed.windows(2) {
-            assert_ne!(w[0].0, w[1].0, "each sealed sticky batch moves to another partition");
+            assert_ne!(
+                w[0].0, w[1].0,
+                "each sealed sticky batch moves to another partition"
+            );
         }
         for (_, records, _) in &sealed {
             assert!(*records >= 7, "no tiny batches when switching: {sealed:?}");
@@ -1894,7 +1915,7 @@ mod tests {
         assert_eq!(c.batch_size, 64 * 1024);
         assert_eq!(c.linger, Duration::from_millis(5));
         assert!(c.idempotent);
-        assert_eq!(c.max_in_flight, 5);
+        assert_eq!(c.max_in_flight, 16);
         assert!(c.validate().is_ok());
         let bad = ProducerConfig {
             max_in_flight: 0,

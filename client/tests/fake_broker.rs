@@ -42,6 +42,8 @@ struct Faults {
     cut_after_append: Option<usize>,
     /// Answer the Nth produce request with this error, without appending.
     fail_request: Option<(usize, tonic::Code)>,
+    /// Answer every produce request with this error.
+    fail_all: Option<tonic::Code>,
 }
 
 #[derive(Default)]
@@ -146,7 +148,10 @@ impl Broker for Service {
                     let f = broker.faults.lock().expect("lock");
                     (
                         f.cut_after_append == Some(n),
-                        f.fail_request.filter(|(at, _)| *at == n).map(|(_, c)| c),
+                        f.fail_request
+                            .filter(|(at, _)| *at == n)
+                            .map(|(_, c)| c)
+                            .or(f.fail_all),
                     )
                 };
                 let mut resp = ProduceResponse {
@@ -319,6 +324,17 @@ impl Broker for Service {
     }
 }
 
+/// Accepted connections; `serve_with_incoming` does not apply the builder's `tcp_nodelay`, so
+/// without `with_nodelay` small answers wait for Nagle's algorithm (~40 ms stalls).
+fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    if std::env::var_os("FAKE_BROKER_NAGLE").is_some() {
+        incoming
+    } else {
+        incoming.with_nodelay(Some(true))
+    }
+}
+
 /// Starts a fake broker with `topics` on a free loopback port.
 async fn start(topics: &[(&str, usize)]) -> (Arc<FakeBroker>, String) {
     let broker = Arc::new(FakeBroker::default());
@@ -340,7 +356,7 @@ async fn start(topics: &[(&str, usize)]) -> (Arc<FakeBroker>, String) {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(BrokerServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(incoming(listener))
             .await
     });
     (broker, address)
@@ -567,4 +583,53 @@ async fn consumer_reads_back_in_order_and_reports_out_of_range() {
         e.to_string(),
         "offset 1000 is out of range for `t`/1: the log holds offsets 0..250 (OUT_OF_RANGE)"
     );
+}
+
+#[tokio::test]
+async fn retriable_errors_end_in_a_delivery_timeout_naming_the_last_error() {
+    let (broker, address) = start(&[("t", 1)]).await;
+    broker.faults.lock().expect("lock").fail_all = Some(tonic::Code::Unavailable);
+    let producer = Producer::connect(ProducerConfig {
+        delivery_timeout: Duration::from_millis(700),
+        ..config(&address)
+    })
+    .await
+    .expect("connect");
+    let f = producer
+        .send(ProducerRecord::new("t", "x"))
+        .await
+        .expect("send");
+    let e = f.await.expect_err("never acknowledged");
+    assert!(matches!(e, Error::DeliveryTimeout { .. }), "{e}");
+    assert!(e.to_string().contains("injected failure"), "{e}");
+    assert!(
+        broker.requests.load(Ordering::SeqCst) >= 3,
+        "the batch was retried"
+    );
+    producer.close().await;
+}
+
+#[tokio::test]
+async fn a_deleted_topic_fails_fast_after_a_metadata_refresh() {
+    let (broker, address) = start(&[("t", 1)]).await;
+    let producer = Producer::connect(config(&address)).await.expect("connect");
+    producer
+        .send(ProducerRecord::new("t", "before"))
+        .await
+        .expect("send")
+        .await
+        .expect("delivered");
+    broker.topics.lock().expect("lock").remove("t");
+    let started = std::time::Instant::now();
+    let f = producer
+        .send(ProducerRecord::new("t", "after"))
+        .await
+        .expect("send");
+    let e = f.await.expect_err("topic is gone");
+    assert!(matches!(e, Error::UnknownTopic(_)), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed long before the delivery timeout"
+    );
+    producer.close().await;
 }
