@@ -14,10 +14,14 @@ use runnel_proto::v1::{
 use std::time::{Duration, Instant};
 
 fn batch(prefix: &str, n: usize) -> Bytes {
-    let mut b = BatchBuilder::new(Compression::None, 1_700_000_000_000);
+    batch_at(prefix, n, 1_700_000_000_000)
+}
+
+fn batch_at(prefix: &str, n: usize, base_ts: i64) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None, base_ts);
     for i in 0..n {
         b.append(
-            1_700_000_000_000 + i as i64,
+            base_ts + i as i64,
             Some(format!("k{i}").as_bytes()),
             Some(format!("{prefix}-{i}").as_bytes()),
             &[],
@@ -340,4 +344,122 @@ async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_whole_batches_from_the_front() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &["--retention-check-interval-ms", "100"],
+    )?;
+    let (mut admin, mut data) = connect(&broker).await?;
+    // Records of now: retention by time (7 days by default) keeps them.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let one = batch_at("r", 10, now);
+    // Keep about three batches' worth per partition.
+    let config = runnel_proto::v1::TopicConfig {
+        retention_bytes: Some(3 * one.len() as i64),
+        ..Default::default()
+    };
+    admin
+        .create_topic(CreateTopicRequest {
+            name: "short".into(),
+            partitions: 1,
+            replication_factor: 1,
+            config: Some(config),
+        })
+        .await?;
+    for _ in 0..10 {
+        data.produce(ProduceRequest {
+            topic: "short".into(),
+            partition: 0,
+            acks: Acks::All as i32,
+            batches: batch_at("r", 10, now),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let earliest = loop {
+        let e = data
+            .list_offsets(ListOffsetsRequest {
+                topic: "short".into(),
+                spec: OffsetSpec::Earliest as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .partitions[0]
+            .offset;
+        if e > 0 || Instant::now() > deadline {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(earliest, 70, "retention kept the newest three batches");
+    let err = data
+        .fetch(FetchRequest {
+            topic: "short".into(),
+            partition: 0,
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .expect_err("deleted offsets are out of range");
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
+    assert_eq!(all_records_from(&mut data, "short", 70).await?.len(), 30);
+    Ok(())
+}
+
+async fn all_records_from(
+    data: &mut BrokerClient<tonic::transport::Channel>,
+    topic: &str,
+    from: i64,
+) -> anyhow::Result<Vec<i64>> {
+    let f = data
+        .fetch(FetchRequest {
+            topic: topic.into(),
+            partition: 0,
+            offset: from,
+            max_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut offsets = Vec::new();
+    for b in runnel_codec::split_batches(&f.batches) {
+        offsets.extend(runnel_codec::decode_batch(b?)?.1.iter().map(|r| r.offset));
+    }
+    Ok(offsets)
+}
+
+#[test]
+fn a_bad_setting_stops_the_broker_with_the_field_named() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = std::process::Command::new(runnel_integration::bin("runnel-broker"))
+        .args(["--standalone", "--data-dir"])
+        .arg(dir.path())
+        .env("RUNNEL_RETENTION_MS", "soon")
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RUNNEL_RETENTION_MS"), "{err}");
+    let file = dir.path().join("broker.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:99999\"\n")?;
+    let out = std::process::Command::new(runnel_integration::bin("runnel-broker"))
+        .args(["--standalone", "--data-dir"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&file)
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listen") && err.contains("127.0.0.1:99999"),
+        "{err}"
+    );
+    Ok(())
 }
