@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 
 const LINES: usize = 100_000;
 
+/// Arguments, stdin, and what stderr must say.
+type CliCase<'a> = (Vec<&'a str>, Option<&'a [u8]>, &'a str);
+
 /// (partition, offset, key, value) of every record, from `runnel consume --output json`.
 fn consume_all(addr: &str) -> anyhow::Result<Vec<(i64, i64, String, String)>> {
     let (status, out, err) = runnel(
@@ -138,7 +141,7 @@ fn cli_errors_are_clear_and_exit_non_zero() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let broker = Broker::start(&dir.path().join("data"), &[])?;
     let addr = broker.address.clone();
-    let cases: Vec<(Vec<&str>, Option<&[u8]>, &str)> = vec![
+    let cases: Vec<CliCase> = vec![
         (
             vec!["topic", "create", "bad name", "--partitions", "1"],
             None,
