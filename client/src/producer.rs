@@ -1918,7 +1918,7 @@ mod tests {
         assert_eq!(c.max_in_flight, 16);
         assert!(c.validate().is_ok());
         let bad = ProducerConfig {
-            max_in_flight: 0,
+            max_in_flight: 16,
             ..Default::default()
         };
         assert!(bad

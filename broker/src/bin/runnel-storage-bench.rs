@@ -1,15 +1,19 @@
 //! `runnel-storage-bench`: the raw-storage baseline of `make bench`. It builds the same
 //! RecordBatch v2 batches a producer would and writes them straight into sled (no gRPC, no
 //! offset assignment, no validation) under the broker's flush policy: a flusher thread that
-//! group-commits continuously, with the broker's fsyncs. The broker's throughput is reported as a
-//! ratio of this one.
+//! group-commits continuously, with the broker's sled flush + syncfs.
+//!
+//! `--window N` gives the writer acks=all semantics with N batches in flight, as a producer with
+//! `max_in_flight = N` has: it never has more than N batches that are not yet durable. Without
+//! it the writer never waits (raw ingest; what acks=1 is bounded by). The broker's throughput is
+//! reported as a ratio of these.
 
 use bytes::Bytes;
 use clap::Parser;
 use runnel_broker::storage::{BatchLog, SledStorage, Storage};
 use runnel_codec::{BatchBuilder, Compression};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 #[derive(Debug, Parser)]
@@ -27,6 +31,16 @@ struct Args {
     /// Target batch size in bytes (as the producer's batch.size).
     #[arg(long, default_value_t = 64 * 1024)]
     batch_size: usize,
+    /// Most batches written but not yet durable (acks=all with this many in flight).
+    #[arg(long)]
+    window: Option<u64>,
+}
+
+/// Batches written, and batches known durable, shared by the writer and the flusher.
+#[derive(Debug, Default)]
+struct Progress {
+    counts: Mutex<(u64, u64)>,
+    durable: Condvar,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,14 +57,27 @@ fn main() -> anyhow::Result<()> {
     }
     let batch: Bytes = b.build()?;
     let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
     let flusher = {
         let storage = storage.clone();
         let stop = stop.clone();
+        let progress = progress.clone();
         std::thread::spawn(move || -> anyhow::Result<u64> {
             let mut flushes = 0;
             while !stop.load(Ordering::SeqCst) {
+                let written = progress
+                    .counts
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .0;
                 storage.flush()?;
                 flushes += 1;
+                progress
+                    .counts
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .1 = written;
+                progress.durable.notify_all();
             }
             Ok(flushes)
         })
@@ -59,9 +86,28 @@ fn main() -> anyhow::Result<()> {
     let mut written = 0u64;
     let mut offset = 0i64;
     let mut buf = batch.to_vec();
+    let mut batches = 0u64;
     while written < args.records {
+        if let Some(window) = args.window {
+            let mut counts = progress
+                .counts
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            while batches - counts.1 >= window {
+                counts = progress
+                    .durable
+                    .wait(counts)
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            }
+        }
         runnel_codec::set_base_offset(&mut buf, offset);
         log.put(offset, &buf)?;
+        batches += 1;
+        progress
+            .counts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .0 = batches;
         offset += per_batch as i64;
         written += per_batch;
     }
@@ -78,6 +124,7 @@ fn main() -> anyhow::Result<()> {
             "records": written,
             "record_size": args.record_size,
             "batch_size": args.batch_size,
+            "window": args.window,
             "seconds": secs,
             "records_per_sec": written as f64 / secs,
             "mb_per_sec": mb / secs,
