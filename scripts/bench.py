@@ -65,7 +65,14 @@ def runnel(addr, *args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def settle():
+    """Lets the disk finish the previous case's writes and deletions before the next starts."""
+    os.sync()
+    time.sleep(2)
+
+
 def produce_case(workdir, size, acks, producers, records, extra=()):
+    settle()
     b = Broker(workdir)
     try:
         cmd = ["bench", "produce", "--topic", "bench", "--partitions", str(max(1, producers)),
@@ -82,6 +89,7 @@ def produce_case(workdir, size, acks, producers, records, extra=()):
 
 
 def baseline(workdir, size, records, window=None):
+    settle()
     d = tempfile.mkdtemp(prefix="baseline-", dir=workdir)
     try:
         cmd = [os.path.join(BIN, "runnel-storage-bench"), "--data-dir", d, "--records", str(records),
