@@ -2,13 +2,18 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release run test check fmt clippy unit bench tools clean
+.PHONY: all build release run test fmt bench tools e2e-tools crds clean
 
 all: build
 
 ## Checks that the toolchain the build needs is present, and says how to get it when not.
 tools:
 	@scripts/check-tools.sh
+
+## The pinned Kubernetes and etcd binaries the operator's tests run against, built from their Go
+## modules and cached in ~/.cache/runnel (about 12 minutes cold, instant when cached).
+e2e-tools:
+	e2e/tools/build-tools.sh k8s etcd
 
 build: tools
 	$(CARGO) build --workspace --bins
@@ -21,7 +26,7 @@ run: release
 	@scripts/run.sh
 
 ## Every test: formatting, lints, unit/property tests, integration tests with real processes.
-test: tools
+test: tools e2e-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
@@ -29,6 +34,10 @@ test: tools
 
 fmt:
 	$(CARGO) fmt --all
+
+## Regenerates crds/ from the Rust types (a test fails when they drift).
+crds:
+	$(CARGO) run -p runnel-operator --bin crdgen
 
 ## Broker vs raw-sled benchmark; writes docs/benchmarks.md.
 bench: release

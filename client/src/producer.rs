@@ -1917,15 +1917,17 @@ mod tests {
         assert!(c.idempotent);
         assert_eq!(c.max_in_flight, 16);
         assert!(c.validate().is_ok());
-        let bad = ProducerConfig {
-            max_in_flight: 16,
-            ..Default::default()
-        };
-        assert!(bad
-            .validate()
-            .expect_err("invalid")
-            .to_string()
-            .contains("max_in_flight"));
+        for max_in_flight in [0, MAX_IDEMPOTENT_IN_FLIGHT + 1] {
+            let bad = ProducerConfig {
+                max_in_flight,
+                ..Default::default()
+            };
+            assert!(bad
+                .validate()
+                .expect_err("invalid")
+                .to_string()
+                .contains("max_in_flight"));
+        }
     }
 
     #[test]

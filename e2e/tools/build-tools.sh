@@ -329,7 +329,7 @@ ensure() {
   stamp=$home/build.stamp
   for b in $(binaries_of "$c"); do [[ -x $bin/$b ]] || missing+=" $b"; done
   if [[ $FORCE == 0 && -z $missing && -f $stamp ]]; then
-    log "$c $v: already built, skipping: $bin"
+    log "$c $v: already built, nothing to do: $bin"
     return 0
   fi
   log "$c $v: building ($(cold_estimate "$c")) into $bin"

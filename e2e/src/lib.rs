@@ -1,0 +1,138 @@
+//! Runnel's end-to-end test harness: a real Kubernetes control plane (etcd, kube-apiserver and,
+//! on request, kube-controller-manager and kube-scheduler) started from the pinned binaries
+//! that `e2e/tools/build-tools.sh` caches, on free loopback ports, with generated certificates
+//! and a temporary directory; everything is stopped and removed when the [`ControlPlane`] is
+//! dropped, also when the test panics.
+//!
+//! ```no_run
+//! let cp = runnel_e2e::ControlPlane::start().expect("control plane");
+//! let out = cp.kubectl(&["get", "namespaces"]);
+//! assert!(out.success(), "{out}");
+//! ```
+
+mod control_plane;
+mod pki;
+mod process;
+
+pub use control_plane::{ControlPlane, Options, Output};
+
+use std::path::PathBuf;
+
+/// The Kubernetes release the harness runs (and k8s-openapi's `v1_37` feature matches).
+pub const K8S_VERSION: &str = "v1.37.2";
+/// The etcd release the harness runs.
+pub const ETCD_VERSION: &str = "v3.6.16";
+/// The command that builds and caches the binaries.
+pub const INSTALL_COMMAND: &str = "e2e/tools/build-tools.sh k8s etcd";
+
+/// What can go wrong while starting or driving the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A binary the harness needs is not where `build-tools.sh` puts it.
+    #[error("{path} is missing: run `{INSTALL_COMMAND}`")]
+    MissingTool {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A program could not be started at all.
+    #[error("could not start `{program}`: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A helper command (openssl, kubectl) ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A component exited while the harness waited for it.
+    #[error("{component} exited during startup ({status}); the end of its log:\n{log}")]
+    Exited {
+        /// etcd, kube-apiserver, …
+        component: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The last lines it logged.
+        log: String,
+    },
+    /// A component did not become ready in time.
+    #[error("{component} was not ready after {waited:?}; the end of its log:\n{log}")]
+    NotReady {
+        /// etcd, kube-apiserver, …
+        component: String,
+        /// How long the harness waited.
+        waited: std::time::Duration,
+        /// The last lines it logged.
+        log: String,
+    },
+    /// A file or directory operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the harness was doing.
+        context: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+/// `${RUNNEL_HOME:-$HOME/.cache/runnel}`: where `build-tools.sh` caches the binaries.
+pub fn runnel_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("RUNNEL_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/runnel")
+}
+
+/// Path of a cached Kubernetes binary (`kube-apiserver`, `kubectl`, …), or
+/// [`Error::MissingTool`].
+pub fn k8s_binary(name: &str) -> Result<PathBuf, Error> {
+    existing(
+        runnel_home()
+            .join(format!("k8s-{K8S_VERSION}/bin"))
+            .join(name),
+    )
+}
+
+/// Path of the cached `etcd` binary, or [`Error::MissingTool`].
+pub fn etcd_binary() -> Result<PathBuf, Error> {
+    existing(runnel_home().join(format!("etcd-{ETCD_VERSION}/bin/etcd")))
+}
+
+/// Path of the cached `kubectl`.
+///
+/// # Panics
+///
+/// When it is missing, with the command that installs it: a test that needs it fails, it does
+/// not skip.
+pub fn kubectl_binary() -> PathBuf {
+    k8s_binary("kubectl").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn existing(path: PathBuf) -> Result<PathBuf, Error> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingTool { path })
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; the listener is closed again, so a rare race
+/// with another process is possible, and [`ControlPlane::start`] retries on "address already
+/// in use").
+pub fn free_port() -> Result<u16, Error> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| Error::Io {
+            context: "finding a free loopback port".into(),
+            source,
+        })
+}
