@@ -70,7 +70,7 @@ pub struct Broker<S: Storage> {
     storage: Arc<S>,
     metadata: RwLock<Arc<MetadataView>>,
     logs: RwLock<HashMap<(String, i32), Log<S>>>,
-    group_commit: GroupCommit<S>,
+    group_commit: Arc<GroupCommit<S>>,
     next_producer_id: Mutex<(i64, i64)>,
     shutdown: watch::Sender<bool>,
     metrics: Arc<Metrics>,
@@ -116,8 +116,11 @@ impl<S: Storage> Broker<S> {
             Some(b) if b.len() == 8 => i64::from_be_bytes(b[..].try_into().unwrap_or_default()),
             _ => 0,
         };
-        let group_commit =
-            GroupCommit::start(storage.clone(), settings.flush_linger, metrics.clone());
+        let group_commit = Arc::new(GroupCommit::start(
+            storage.clone(),
+            settings.flush_linger,
+            metrics.clone(),
+        ));
         let (shutdown, _) = watch::channel(false);
         let broker = Self {
             metadata: RwLock::new(Arc::new(MetadataView::default())),
@@ -301,17 +304,23 @@ impl<S: Storage> Broker<S> {
             }
             other => other?,
         };
-        let outcome = log
-            .append(batches, &config, now_ms())
+        let reservation = log
+            .reserve(batches, &config, now_ms())
             .map_err(|e| BrokerError::log(topic, partition, e))?;
-        if !outcome.duplicate {
-            self.group_commit.mark_dirty(topic, partition, &log);
+        let outcome = reservation.outcome;
+        if !reservation.is_empty() {
             let bytes: usize = batches.iter().map(|b| b.len()).sum();
             self.metrics.record_produce(
                 topic,
                 (outcome.last_offset - outcome.base_offset + 1) as u64,
                 bytes as u64,
             );
+            // Stored outside the partition's lock: concurrent producers of one partition copy
+            // in parallel (the high watermark only passes a contiguous stored prefix). Not on
+            // the blocking pool: concurrent inserts into one sled leaf contend and were slower.
+            log.write(reservation)
+                .map_err(|e| BrokerError::log(topic, partition, e))?;
+            self.group_commit.mark_dirty(topic, partition, &log);
         }
         Ok(PendingAppend {
             topic: topic.to_string(),

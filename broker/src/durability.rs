@@ -117,11 +117,11 @@ fn flush_loop<S: Storage>(shared: &Shared<S>, linger: Duration) {
             }
             std::mem::take(&mut *dirty)
         };
-        // Note the end offsets before flushing: everything below them was written already.
+        // Note the stored ends before flushing: everything below them is in storage already.
         let ends: Vec<(Log<S>, i64)> = batch
             .into_values()
             .map(|l| {
-                let end = l.log_end_offset();
+                let end = l.stored_end_offset();
                 (l, end)
             })
             .collect();

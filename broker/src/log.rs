@@ -12,7 +12,7 @@ use crate::storage::{BatchLog, StorageError};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use runnel_codec::{self as codec, BatchHeader, CodecError, NO_PRODUCER_ID};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use tokio::sync::watch;
 
 /// How many recent batches per producer and partition are remembered for duplicate detection.
@@ -112,6 +112,22 @@ pub struct AppendOutcome {
     pub log_start_offset: i64,
     /// True when every batch was a retry of one already stored (nothing was written).
     pub duplicate: bool,
+}
+
+/// Batches with offsets assigned, not yet stored; see [`PartitionLog::reserve`].
+#[derive(Debug)]
+pub struct Reservation {
+    /// What the append will answer.
+    pub outcome: AppendOutcome,
+    /// (base offset, next offset, patched batch bytes) to store.
+    writes: Vec<(i64, i64, Vec<u8>)>,
+}
+
+impl Reservation {
+    /// True when every batch was a duplicate: there is nothing to store.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
 }
 
 /// What a read returned.
@@ -221,6 +237,10 @@ fn next_sequence(seq: i32) -> i32 {
 struct LogState {
     log_start_offset: i64,
     log_end_offset: i64,
+    /// Every batch below this offset is in storage.
+    stored_end: i64,
+    /// Batches stored ahead of a batch still being written: base offset -> next offset.
+    stored_out_of_order: BTreeMap<i64, i64>,
     high_watermark: i64,
     index: VecDeque<BatchMeta>,
     size_bytes: u64,
@@ -247,10 +267,24 @@ impl<L: BatchLog> PartitionLog<L> {
     /// Opens the log and recovers its state from the stored batches. `log_start_floor` is the
     /// persisted log start offset (batches deleted by retention leave it behind).
     pub fn recover(store: L, log_start_floor: i64) -> Result<Self, LogError> {
-        let mut index = VecDeque::new();
+        let mut index: VecDeque<BatchMeta> = VecDeque::new();
         let mut size_bytes = 0u64;
         let mut producers: HashMap<i64, ProducerState> = HashMap::new();
-        for (base, batch) in store.scan()? {
+        let mut stored = store.scan()?.into_iter();
+        for (base, batch) in stored.by_ref() {
+            // Batches are stored concurrently, so a crash can leave a batch stored after one
+            // that is missing. Nothing after a gap was ever visible or acknowledged (the high
+            // watermark stops at the stored prefix): the log is truncated at the first gap.
+            if let Some(prev) = index.back() {
+                if base != prev.last_offset + 1 {
+                    tracing::warn!(
+                        offset = prev.last_offset + 1,
+                        "truncating the log at a gap left by a crash"
+                    );
+                    store.remove(base)?;
+                    break;
+                }
+            }
             let h = codec::read_header(&batch).map_err(|e| {
                 StorageError::Corrupt(format!("stored batch at offset {base}: {e}"))
             })?;
@@ -259,6 +293,9 @@ impl<L: BatchLog> PartitionLog<L> {
             }
             size_bytes += batch.len() as u64;
             index.push_back(BatchMeta::of(&h, batch.len()));
+        }
+        for (base, _) in stored {
+            store.remove(base)?;
         }
         let log_end_offset = index
             .back()
@@ -275,6 +312,8 @@ impl<L: BatchLog> PartitionLog<L> {
             state: Mutex::new(LogState {
                 log_start_offset,
                 log_end_offset,
+                stored_end: log_end_offset,
+                stored_out_of_order: BTreeMap::new(),
                 high_watermark: log_end_offset,
                 index,
                 size_bytes,
@@ -285,13 +324,29 @@ impl<L: BatchLog> PartitionLog<L> {
     }
 
     /// Validates and appends the batches of one produce request (all are checked before any is
-    /// written). The caller makes them durable and advances the high watermark.
+    /// written): [`Self::reserve`] then [`Self::write`]. The caller makes them durable and
+    /// advances the high watermark.
     pub fn append(
         &self,
         batches: &[Bytes],
         config: &LogConfig,
         now_ms: i64,
     ) -> Result<AppendOutcome, LogError> {
+        let reservation = self.reserve(batches, config, now_ms)?;
+        self.write(reservation)
+    }
+
+    /// Validates the batches of one produce request and assigns their offsets (in request
+    /// order; idempotent duplicates are answered from the producer state). Nothing is stored
+    /// yet: [`Self::write`] stores them, possibly on another thread and concurrently with later
+    /// reservations, since the high watermark only passes batches once every batch below them
+    /// is stored.
+    pub fn reserve(
+        &self,
+        batches: &[Bytes],
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> Result<Reservation, LogError> {
         if batches.is_empty() {
             return Err(LogError::EmptyProduce);
         }
@@ -325,7 +380,7 @@ impl<L: BatchLog> PartitionLog<L> {
         let mut state = self.state.lock();
         let mut first: Option<i64> = None;
         let mut last = -1;
-        let mut written = false;
+        let mut writes = Vec::with_capacity(batches.len());
         let append_time = if config.log_append_time { now_ms } else { -1 };
         for (bytes, h) in batches.iter().zip(&headers) {
             if h.producer_id != NO_PRODUCER_ID {
@@ -342,7 +397,6 @@ impl<L: BatchLog> PartitionLog<L> {
             if config.log_append_time {
                 codec::set_log_append_time(&mut batch, now_ms)?;
             }
-            self.store.put(base, &batch)?;
             let stored = codec::read_header(&batch)?;
             if h.producer_id != NO_PRODUCER_ID {
                 state
@@ -356,26 +410,59 @@ impl<L: BatchLog> PartitionLog<L> {
             state.index.push_back(BatchMeta::of(&stored, batch.len()));
             first.get_or_insert(base);
             last = stored.last_offset();
-            written = true;
+            writes.push((base, stored.next_offset(), batch));
         }
-        Ok(AppendOutcome {
-            base_offset: first.unwrap_or(-1),
-            last_offset: last,
-            log_append_time_ms: append_time,
-            log_start_offset: state.log_start_offset,
-            duplicate: !written,
+        Ok(Reservation {
+            outcome: AppendOutcome {
+                base_offset: first.unwrap_or(-1),
+                last_offset: last,
+                log_append_time_ms: append_time,
+                log_start_offset: state.log_start_offset,
+                duplicate: writes.is_empty(),
+            },
+            writes,
         })
     }
 
-    /// The log end offset: what the high watermark may advance to once durable.
+    /// Stores reserved batches. On failure the partition's high watermark stops below them
+    /// (nothing after them becomes visible or acknowledged), as a Kafka partition whose log
+    /// directory failed goes offline.
+    pub fn write(&self, reservation: Reservation) -> Result<AppendOutcome, LogError> {
+        for (base, next, batch) in &reservation.writes {
+            self.store.put(*base, batch)?;
+            let mut s = self.state.lock();
+            if *base == s.stored_end {
+                s.stored_end = *next;
+                loop {
+                    let end = s.stored_end;
+                    match s.stored_out_of_order.remove(&end) {
+                        Some(next) => s.stored_end = next,
+                        None => break,
+                    }
+                }
+            } else {
+                s.stored_out_of_order.insert(*base, *next);
+            }
+        }
+        Ok(reservation.outcome)
+    }
+
+    /// The log end offset: the offset the next record gets.
     pub fn log_end_offset(&self) -> i64 {
         self.state.lock().log_end_offset
     }
 
-    /// Moves the high watermark up to `offset` (never down) and wakes readers and waiters.
+    /// The end of the stored prefix of the log: what the high watermark may advance to once
+    /// the storage is flushed.
+    pub fn stored_end_offset(&self) -> i64 {
+        self.state.lock().stored_end
+    }
+
+    /// Moves the high watermark up to `offset` (never down, never past the stored prefix) and
+    /// wakes readers and waiters.
     pub fn advance_high_watermark(&self, offset: i64) {
         let mut state = self.state.lock();
-        let to = offset.min(state.log_end_offset);
+        let to = offset.min(state.stored_end);
         if to > state.high_watermark {
             state.high_watermark = to;
             self.high_watermark.send_replace(to);
@@ -691,5 +778,69 @@ mod tests {
         let r = log.read(0, 1 << 20).expect("read");
         let h = codec::validate_batch(&r.batches[0]).expect("valid after stamping");
         assert_eq!(h.max_timestamp, 123_456);
+    }
+}
+
+#[cfg(test)]
+mod concurrent_store_tests {
+    use super::*;
+    use crate::storage::{MemoryStorage, Storage};
+    use runnel_codec::{BatchBuilder, Compression};
+
+    fn batch(n: usize) -> Bytes {
+        let mut b = BatchBuilder::new(Compression::None, 0);
+        for _ in 0..n {
+            b.append(0, None, Some(b"v"), &[]);
+        }
+        b.build().expect("build")
+    }
+
+    #[test]
+    fn high_watermark_waits_for_every_batch_below_it() {
+        let s = MemoryStorage::default();
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let cfg = LogConfig::default();
+        let first = log.reserve(&[batch(2)], &cfg, 0).expect("reserve");
+        let second = log.reserve(&[batch(3)], &cfg, 0).expect("reserve");
+        assert_eq!(
+            (second.outcome.base_offset, second.outcome.last_offset),
+            (2, 4)
+        );
+        // The later batch is stored first: nothing may become visible yet.
+        log.write(second).expect("write");
+        assert_eq!(log.stored_end_offset(), 0);
+        log.advance_high_watermark(5);
+        assert_eq!(log.summary().high_watermark, 0);
+        log.write(first).expect("write");
+        assert_eq!(log.stored_end_offset(), 5);
+        log.advance_high_watermark(5);
+        assert_eq!(log.summary().high_watermark, 5);
+    }
+
+    #[test]
+    fn recovery_truncates_at_a_gap_left_by_a_crash() {
+        let s = MemoryStorage::default();
+        {
+            let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+            let cfg = LogConfig::default();
+            let a = log.reserve(&[batch(2)], &cfg, 0).expect("reserve");
+            let _lost = log.reserve(&[batch(2)], &cfg, 0).expect("reserve");
+            let c = log.reserve(&[batch(2)], &cfg, 0).expect("reserve");
+            log.write(a).expect("write");
+            log.write(c).expect("write");
+            // "crash": the middle batch never reached storage.
+        }
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let summary = log.summary();
+        assert_eq!(
+            (
+                summary.log_end_offset,
+                summary.high_watermark,
+                summary.batch_count
+            ),
+            (2, 2, 1)
+        );
+        let stored = s.open_log("t", 0).expect("open").scan().expect("scan");
+        assert_eq!(stored.len(), 1, "the batch after the gap is removed");
     }
 }
