@@ -30,7 +30,9 @@ test: tools e2e-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --workspace --no-fail-fast --exclude runnel-integration
+	@# Real broker processes; --nocapture shows what the kill -9 test counted.
+	$(CARGO) test -p runnel-integration --no-fail-fast -- --nocapture
 
 fmt:
 	$(CARGO) fmt --all
