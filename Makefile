@@ -13,6 +13,7 @@ tools:
 ## The pinned Kubernetes and etcd binaries the operator's tests run against, built from their Go
 ## modules and cached in ~/.cache/runnel (about 12 minutes cold, instant when cached).
 e2e-tools:
+	@scripts/check-tools.sh --test
 	e2e/tools/build-tools.sh k8s etcd
 
 build: tools

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fails with the command that installs whatever the build and tests need but is missing.
+# Fails with the command that installs whatever the build (and, with --test, the tests) need
+# but is missing.
 set -euo pipefail
 missing=0
 need() {
@@ -10,9 +11,12 @@ need() {
 }
 need cargo "curl https://sh.rustup.rs -sSf | sh -s -- -y --profile minimal (or your distribution's rustup)"
 need cc "apt-get install -y build-essential"
-need go "apt-get install -y golang (Go >= 1.26; builds the pinned Kubernetes components for the tests)"
-need openssl "apt-get install -y openssl"
-need setpriv "apt-get install -y util-linux"
+if [ "${1:-}" = "--test" ]; then
+  # The operator's tests build and run a real Kubernetes control plane.
+  need go "apt-get install -y golang (Go >= 1.26; builds the pinned Kubernetes components for the tests)"
+  need openssl "apt-get install -y openssl"
+  need setpriv "apt-get install -y util-linux"
+fi
 if command -v cargo >/dev/null 2>&1; then
   cargo fmt --version >/dev/null 2>&1 || { echo "missing: rustfmt — install it with: rustup component add rustfmt" >&2; missing=1; }
   cargo clippy --version >/dev/null 2>&1 || { echo "missing: clippy — install it with: rustup component add clippy" >&2; missing=1; }
