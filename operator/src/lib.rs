@@ -1,6 +1,7 @@
-//! Runnel's Kubernetes operator: the custom resource types ([`crd`]) and the pure partition
-//! assignment ([`assign`]). The controllers that turn resources into StatefulSets and broker
-//! metadata build on these.
+//! Runnel's Kubernetes operator: the custom resource types ([`crd`]), the pure partition
+//! assignment ([`assign`]) and the controllers ([`controller`]) that turn resources into
+//! StatefulSets, Services and broker metadata.
 
 pub mod assign;
+pub mod controller;
 pub mod crd;

@@ -1,0 +1,218 @@
+//! The controllers, in kube-rs `controller-rs` style: one [`Context`] shared by every
+//! controller (client, Event recorder, metrics, diagnostics), one [`Error`] enum with a
+//! [`Error::metric_label`], and a module per kind with a `reconcile` and an `error_policy`.
+
+pub mod cluster;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use tokio::sync::RwLock;
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "runnel-operator";
+
+/// What can go wrong while reconciling.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What the operator was doing, with the object's kind and name.
+        action: String,
+        /// What the API (or the client) said.
+        #[source]
+        source: kube::Error,
+    },
+    /// A namespaced resource came without a namespace (the API server always sets one).
+    #[error("{kind} `{name}` has no namespace")]
+    MissingNamespace {
+        /// The resource's kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A resource came without a UID, so nothing can be owned by it.
+    #[error("{kind} `{name}` has no uid: cannot own objects")]
+    MissingUid {
+        /// The resource's kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The broker configuration could not be rendered.
+    #[error("rendering the broker configuration of Cluster `{name}`: {source}")]
+    Config {
+        /// The Cluster's name.
+        name: String,
+        /// What the TOML encoder said.
+        #[source]
+        source: toml::ser::Error,
+    },
+}
+
+impl Error {
+    /// A short, stable label for the `runnel_operator_reconcile_errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::MissingNamespace { .. } => "missing_namespace",
+            Error::MissingUid { .. } => "missing_uid",
+            Error::Config { .. } => "config",
+        }
+    }
+}
+
+/// Labels of the per-controller metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// The kind the controller reconciles, e.g. `Cluster`.
+    pub controller: String,
+}
+
+/// Labels of the error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The kind the controller reconciles.
+    pub controller: String,
+    /// [`Error::metric_label`].
+    pub error: String,
+}
+
+/// The operator's Prometheus metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Reconciliations started, per controller.
+    pub reconciliations: Family<ControllerLabels, Counter>,
+    /// Reconciliations that failed, per controller and error.
+    pub failures: Family<ErrorLabels, Counter>,
+    /// How long reconciliations take, in seconds.
+    pub duration: Family<ControllerLabels, Histogram>,
+}
+
+impl Metrics {
+    /// New metrics, registered in `registry` with the prefix `runnel_operator`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Metrics {
+            reconciliations: Family::default(),
+            failures: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 12))
+            }),
+        };
+        let registry = registry.sub_registry_with_prefix("runnel_operator");
+        registry.register(
+            "reconciliations",
+            "Reconciliations started",
+            metrics.reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that failed, by error",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long reconciliations take",
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a reconciliation of `controller` and returns a guard that records its duration
+    /// when dropped.
+    pub fn reconcile(&self, controller: &str) -> ReconcileTimer {
+        let labels = ControllerLabels {
+            controller: controller.to_string(),
+        };
+        self.reconciliations.get_or_create(&labels).inc();
+        ReconcileTimer {
+            histogram: self.duration.get_or_create(&labels).clone(),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// Counts a failed reconciliation.
+    pub fn failure(&self, controller: &str, error: &Error) {
+        self.failures
+            .get_or_create(&ErrorLabels {
+                controller: controller.to_string(),
+                error: error.metric_label().to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Records a reconciliation's duration when dropped.
+#[derive(Debug)]
+pub struct ReconcileTimer {
+    histogram: Histogram,
+    start: std::time::Instant,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// What the operator tells about itself (served for debugging).
+#[derive(Clone, Debug)]
+pub struct Diagnostics {
+    /// When the last reconciliation started.
+    pub last_event: Timestamp,
+    /// Who the operator's Events come from.
+    pub reporter: Reporter,
+}
+
+impl Default for Diagnostics {
+    fn default() -> Self {
+        Diagnostics {
+            last_event: Timestamp::now(),
+            reporter: Reporter {
+                controller: FIELD_MANAGER.to_string(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        }
+    }
+}
+
+/// Everything a controller needs, shared by all of them.
+#[derive(Clone)]
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: kube::Client,
+    /// Publishes Kubernetes Events as the operator.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Diagnostics.
+    pub diagnostics: Arc<RwLock<Diagnostics>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("metrics", &self.metrics)
+            .field("diagnostics", &self.diagnostics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context for `client`, with metrics registered in `registry`.
+    pub fn new(client: kube::Client, registry: &mut Registry) -> Self {
+        let diagnostics = Diagnostics::default();
+        Context {
+            recorder: Recorder::new(client.clone(), diagnostics.reporter.clone()),
+            client,
+            metrics: Arc::new(Metrics::new(registry)),
+            diagnostics: Arc::new(RwLock::new(diagnostics)),
+        }
+    }
+}
