@@ -802,8 +802,8 @@ mod tests {
     fn status_lists_brokers_and_turns_ready() {
         let mut c = cluster(3);
         let pods = [
-            pod("events-broker-2", Some("10.0.0.3"), true),
-            pod("events-broker-0", Some("10.0.0.1"), true),
+            pod("events-broker-2", Some("198.18.0.3"), true),
+            pod("events-broker-0", Some("198.18.0.1"), true),
             pod("events-broker-1", None, false),
         ];
         let s = status(&c, Some(&sts_ready(2)), &pods, Timestamp::UNIX_EPOCH);
@@ -812,7 +812,7 @@ mod tests {
             s.brokers.iter().map(|b| b.id).collect::<Vec<_>>(),
             [0, 1, 2]
         );
-        assert_eq!(s.brokers[0].address.as_deref(), Some("10.0.0.1:9092"));
+        assert_eq!(s.brokers[0].address.as_deref(), Some("198.18.0.1:9092"));
         assert!(s.brokers[0].ready && !s.brokers[1].ready);
         assert_eq!(s.brokers[1].address, None);
         assert_eq!(s.conditions[0].status, "False");
