@@ -185,6 +185,7 @@ impl<S: Storage> Broker<S> {
                 .map_err(|e| BrokerError::log(topic, partition, e))?,
         );
         logs.insert((topic.to_string(), partition), log.clone());
+        self.metrics.partitions.set(logs.len() as i64);
         Ok(log)
     }
 
@@ -455,7 +456,10 @@ impl<S: Storage> Broker<S> {
             .collect();
         let mut deleted = Vec::new();
         for (t, p) in held {
-            self.logs.write().remove(&(t.clone(), p));
+            let mut logs = self.logs.write();
+            logs.remove(&(t.clone(), p));
+            self.metrics.partitions.set(logs.len() as i64);
+            drop(logs);
             self.storage.drop_log(&t, p)?;
             self.storage
                 .put_meta(&lso_key(&t, p), &0i64.to_be_bytes())?;
@@ -539,14 +543,6 @@ impl<S: Storage> Broker<S> {
             }
         }
         Ok(())
-    }
-
-    /// Flushes made by the group commit, and the time they took (µs).
-    pub fn flush_stats(&self) -> (u64, u64) {
-        (
-            self.group_commit.flushes(),
-            self.group_commit.flush_micros(),
-        )
     }
 }
 

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::storage::Storage;
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,8 +23,6 @@ struct Shared<S: Storage> {
     dirty: Mutex<HashMap<(String, i32), Log<S>>>,
     wake: Condvar,
     stopping: AtomicBool,
-    flushes: AtomicU64,
-    flush_micros: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -36,9 +34,7 @@ pub struct GroupCommit<S: Storage> {
 
 impl<S: Storage> std::fmt::Debug for GroupCommit<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupCommit")
-            .field("flushes", &self.flushes())
-            .finish()
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
     }
 }
 
@@ -51,8 +47,6 @@ impl<S: Storage> GroupCommit<S> {
             dirty: Mutex::new(HashMap::new()),
             wake: Condvar::new(),
             stopping: AtomicBool::new(false),
-            flushes: AtomicU64::new(0),
-            flush_micros: AtomicU64::new(0),
             metrics,
         });
         let s = shared.clone();
@@ -74,16 +68,6 @@ impl<S: Storage> GroupCommit<S> {
             .or_insert_with(|| log.clone());
         drop(dirty);
         self.shared.wake.notify_one();
-    }
-
-    /// Flushes made so far.
-    pub fn flushes(&self) -> u64 {
-        self.shared.flushes.load(Ordering::Relaxed)
-    }
-
-    /// Total time spent in flushes, in microseconds.
-    pub fn flush_micros(&self) -> u64 {
-        self.shared.flush_micros.load(Ordering::Relaxed)
     }
 
     /// Makes everything durable, stops the flusher and waits for it.
@@ -136,10 +120,6 @@ fn flush_loop<S: Storage>(shared: &Shared<S>, linger: Duration) {
             }
         }
         let took = started.elapsed();
-        shared.flushes.fetch_add(1, Ordering::Relaxed);
-        shared
-            .flush_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         shared.metrics.flushes.inc();
         shared.metrics.flush_seconds.observe(took.as_secs_f64());
         shared.metrics.flush_partitions.observe(ends.len() as f64);

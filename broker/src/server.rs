@@ -31,7 +31,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         storage,
         metrics.clone(),
     )?);
-    metrics.partitions.set(broker.held_logs().len() as i64);
     tracing::info!(
         broker_id = config.settings.broker_id,
         standalone = config.settings.standalone,
