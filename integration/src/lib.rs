@@ -219,3 +219,12 @@ pub fn runnel(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
+
+/// Every record of the concatenated batches of a fetch response, in offset order.
+pub fn records(batches: &[u8]) -> anyhow::Result<Vec<runnel_codec::Record>> {
+    let mut out = Vec::new();
+    for b in runnel_codec::split_batches(batches) {
+        out.extend(runnel_codec::decode_batch(b?)?.1);
+    }
+    Ok(out)
+}

@@ -262,12 +262,8 @@ async fn bad_input_is_refused_clearly_and_loses_nothing() -> anyhow::Result<()> 
         })
         .await?
         .into_inner();
-    let records: Vec<(i64, Bytes)> = runnel_codec::split_batches(&f.batches)
-        .flat_map(|b| {
-            runnel_codec::decode_batch(b.expect("batch"))
-                .expect("decode")
-                .1
-        })
+    let records: Vec<(i64, Bytes)> = runnel_integration::records(&f.batches)?
+        .into_iter()
         .map(|r| (r.offset, r.value.expect("value")))
         .collect();
     assert_eq!(

@@ -140,27 +140,25 @@ async fn acknowledged_records_survive_kill_9() -> anyhow::Result<()> {
             if f.batches.is_empty() {
                 break;
             }
-            for b in runnel_codec::split_batches(&f.batches) {
-                for r in runnel_codec::decode_batch(b?)?.1 {
-                    if r.offset < offset {
-                        continue;
-                    }
-                    assert_eq!(
-                        r.offset, expected_offset,
-                        "partition {p}: gap or repeat in offsets"
-                    );
-                    expected_offset += 1;
-                    let value = String::from_utf8(r.value.expect("value").to_vec())?;
-                    let (writer, _) = value.split_once('-').expect("value format");
-                    if let Some(prev) = last_seq_of.insert(writer.to_string(), value.clone()) {
-                        assert!(
-                            prev < value,
-                            "partition {p}: {value} after {prev}: out of producer order"
-                        );
-                    }
-                    read_back.entry(value).or_default().push((p, r.offset));
-                    total += 1;
+            for r in runnel_integration::records(&f.batches)? {
+                if r.offset < offset {
+                    continue;
                 }
+                assert_eq!(
+                    r.offset, expected_offset,
+                    "partition {p}: gap or repeat in offsets"
+                );
+                expected_offset += 1;
+                let value = String::from_utf8(r.value.expect("value").to_vec())?;
+                let (writer, _) = value.split_once('-').expect("value format");
+                if let Some(prev) = last_seq_of.insert(writer.to_string(), value.clone()) {
+                    assert!(
+                        prev < value,
+                        "partition {p}: {value} after {prev}: out of producer order"
+                    );
+                }
+                read_back.entry(value).or_default().push((p, r.offset));
+                total += 1;
             }
             offset = f.next_offset;
         }

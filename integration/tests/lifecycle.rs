@@ -51,14 +51,12 @@ async fn all_records(
         if f.batches.is_empty() {
             return Ok(out);
         }
-        for b in runnel_codec::split_batches(&f.batches) {
-            for r in runnel_codec::decode_batch(b?)?.1 {
-                if r.offset >= offset {
-                    out.push((
-                        r.offset,
-                        String::from_utf8_lossy(&r.value.unwrap_or_default()).into_owned(),
-                    ));
-                }
+        for r in runnel_integration::records(&f.batches)? {
+            if r.offset >= offset {
+                out.push((
+                    r.offset,
+                    String::from_utf8_lossy(&r.value.unwrap_or_default()).into_owned(),
+                ));
             }
         }
         offset = f.next_offset;
@@ -429,11 +427,10 @@ async fn all_records_from(
         })
         .await?
         .into_inner();
-    let mut offsets = Vec::new();
-    for b in runnel_codec::split_batches(&f.batches) {
-        offsets.extend(runnel_codec::decode_batch(b?)?.1.iter().map(|r| r.offset));
-    }
-    Ok(offsets)
+    Ok(runnel_integration::records(&f.batches)?
+        .iter()
+        .map(|r| r.offset)
+        .collect())
 }
 
 #[test]
