@@ -14,6 +14,8 @@ mod control_plane;
 mod pki;
 mod process;
 
+pub mod operator;
+
 pub use control_plane::{ControlPlane, Options, Output};
 
 use std::path::PathBuf;

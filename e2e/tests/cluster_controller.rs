@@ -5,187 +5,29 @@
 //! No controller manager or scheduler runs, so no pod ever exists: the test checks objects, and
 //! `Ready` stays `False`.
 
-use anyhow::{bail, ensure, Context};
-use runnel_e2e::{ControlPlane, Output};
+use anyhow::{ensure, Context};
+use runnel_e2e::operator::{ok, Operator};
+use runnel_e2e::ControlPlane;
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const NAMESPACE: &str = "streams";
 /// How long the operator has to bring the objects in line.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The `runnel-operator` binary next to this test executable (`target/<profile>/`).
-fn operator_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("test executable path")?;
-    // target/<profile>/deps/<test> -> target/<profile>/runnel-operator
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("target directory of the test executable")?;
-    let path = dir.join("runnel-operator");
-    ensure!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build --workspace --bins` (`make test` does)",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// A running `runnel-operator`, stopped (SIGTERM, then SIGKILL) when dropped, also when the test
-/// fails; its log is printed then (the test harness shows it only for a failing test).
-struct Operator {
-    // A RefCell so that `exited` can poll it through a shared reference.
-    child: std::cell::RefCell<Child>,
-    log: PathBuf,
-    metrics: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Operator {
-    fn start(cp: &ControlPlane) -> anyhow::Result<Self> {
-        let binary = operator_binary()?;
-        let dir = tempfile::tempdir().context("operator temp dir")?;
-        let log = dir.path().join("operator.log");
-        let file = std::fs::File::create(&log).context("operator log file")?;
-        let metrics = format!("127.0.0.1:{}", runnel_e2e::free_port()?);
-        // `setpriv --pdeathsig KILL`, as the harness does: a test process killed outright
-        // leaves no operator behind.
-        let child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "--"])
-            .arg(&binary)
-            .args(["--metrics-listen", &metrics])
-            .env("KUBECONFIG", cp.kubeconfig())
-            .env("RUST_LOG", "info,runnel_operator=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().context("operator log file")?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Operator {
-            child: std::cell::RefCell::new(child),
-            log,
-            metrics,
-            _dir: dir,
-        })
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// `GET path` on the operator's HTTP server: (status line, body).
-    fn http_get(&self, path: &str) -> anyhow::Result<(String, String)> {
-        let mut stream = std::net::TcpStream::connect(&self.metrics)
-            .with_context(|| format!("connecting to {}", self.metrics))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.metrics
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        Ok((
-            head.lines().next().unwrap_or_default().to_string(),
-            body.to_string(),
-        ))
-    }
-
-    /// Its exit status once it has exited (it should not, while the test runs).
-    fn exited(&self) -> Option<std::process::ExitStatus> {
-        self.child.borrow_mut().try_wait().ok().flatten()
-    }
-
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        if let Some(status) = self.exited() {
-            return Some(status);
-        }
-        let child = self.child.get_mut();
-        let pid = i32::try_from(child.id())
-            .ok()
-            .and_then(rustix::process::Pid::from_raw);
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let began = Instant::now();
-        while began.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        child.wait().ok()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let status = self.stop();
-        eprintln!(
-            "runnel-operator exited ({status:?}); the end of its log:\n{}",
-            self.log_tail()
-        );
-    }
-}
-
-fn ok(out: Output) -> anyhow::Result<String> {
-    ensure!(out.success(), "{out}");
-    Ok(out.stdout)
-}
-
 /// `kubectl get KIND NAME -o json` in the test namespace, or `None` while it does not exist.
 fn get(cp: &ControlPlane, kind: &str, name: &str) -> anyhow::Result<Option<Value>> {
-    let out = cp.kubectl(&[
-        "get",
-        kind,
-        name,
-        "-n",
-        NAMESPACE,
-        "-o",
-        "json",
-        "--show-managed-fields",
-    ]);
-    if !out.success() {
-        ensure!(out.stderr.contains("NotFound"), "{out}");
-        return Ok(None);
-    }
-    Ok(Some(
-        serde_json::from_str(&out.stdout).context("kubectl's JSON")?,
-    ))
+    runnel_e2e::operator::get(cp, NAMESPACE, kind, name)
 }
 
-/// Polls `check` until it returns `Ok(None)` (all good) or [`TIMEOUT`] passes; `check` returns
-/// `Ok(Some(why))` while the state is not there yet.
+/// Polls `check` until it is happy or [`TIMEOUT`] passes.
 fn eventually(
     what: &str,
     operator: &Operator,
-    mut check: impl FnMut() -> anyhow::Result<Option<String>>,
+    check: impl FnMut() -> anyhow::Result<Option<String>>,
 ) -> anyhow::Result<Duration> {
-    let began = Instant::now();
-    loop {
-        if let Some(status) = operator.exited() {
-            bail!(
-                "{what}: runnel-operator exited ({status}); the end of its log:\n{}",
-                operator.log_tail()
-            );
-        }
-        let why = check()?;
-        match why {
-            None => return Ok(began.elapsed()),
-            Some(why) if began.elapsed() > TIMEOUT => bail!(
-                "{what}: still not after {TIMEOUT:?}: {why}\noperator log:\n{}",
-                operator.log_tail()
-            ),
-            Some(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+    runnel_e2e::operator::eventually(what, operator, TIMEOUT, check)
 }
 
 /// `None` when `object` is owned by the Cluster with `uid` (as its controller).
@@ -257,7 +99,7 @@ fn cluster_becomes_owned_objects_and_status() -> anyhow::Result<()> {
     ]))?;
     ok(cp.kubectl(&["create", "namespace", NAMESPACE]))?;
     // Declared after `cp`, so dropped (stopped) before the API server goes.
-    let operator = Operator::start(&cp)?;
+    let operator = Operator::start(&cp, &[])?;
 
     ok(cp.apply(CLUSTER))?;
     let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("the Cluster exists")?;
@@ -328,10 +170,7 @@ fn cluster_becomes_owned_objects_and_status() -> anyhow::Result<()> {
             return Ok(Some(why));
         }
         let toml = config["data"]["broker.toml"].as_str().unwrap_or_default();
-        ensure!(
-            toml.contains("\"log.retention.ms\" = \"604800000\""),
-            "{config}"
-        );
+        ensure!(toml == "retention_ms = 604800000\n", "{config}");
 
         let Some(pdb) = get(&cp, "poddisruptionbudget", "events-broker")? else {
             return Ok(Some("no PodDisruptionBudget events-broker".into()));
@@ -384,6 +223,77 @@ fn cluster_becomes_owned_objects_and_status() -> anyhow::Result<()> {
         metrics.contains("runnel_operator_reconciliations_total{controller=\"Cluster\"}"),
         "{metrics}"
     );
+    ensure!(metrics.contains("runnel_operator_leader 1"), "{metrics}");
+
+    // Two replicas are safe: the second waits for the Lease, and takes over when the first
+    // stops (which releases it).
+    let mut first = operator;
+    let second = Operator::start(&cp, &[])?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, metrics) = second.http_get("/metrics")?;
+    ensure!(
+        metrics.contains("runnel_operator_leader 0"),
+        "second replica leads too:\n{metrics}"
+    );
+    let lease = ok(cp.kubectl(&[
+        "get",
+        "lease",
+        "runnel-operator",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]))?;
+    let lease: Value = serde_json::from_str(&lease)?;
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(!holder.is_empty(), "{lease}");
+    let status = first.stop();
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "first replica exited {status:?}"
+    );
+    let took = eventually("the second replica leads", &second, || {
+        let (_, metrics) = second.http_get("/metrics")?;
+        Ok((!metrics.contains("runnel_operator_leader 1")).then(|| "not leading yet".to_string()))
+    })?;
+    eprintln!("second replica took over after {took:?}");
+    let lease = ok(cp.kubectl(&[
+        "get",
+        "lease",
+        "runnel-operator",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]))?;
+    let lease: Value = serde_json::from_str(&lease)?;
+    ensure!(
+        lease["spec"]["holderIdentity"] != holder.as_str(),
+        "{lease}"
+    );
+    ok(cp.kubectl(&[
+        "patch",
+        "clusters.runnel.dev",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--type",
+        "merge",
+        "--patch",
+        r#"{"spec":{"brokers":5}}"#,
+    ]))?;
+    eventually(
+        "the new leader scales the StatefulSet to 5",
+        &second,
+        || {
+            let sts = get(&cp, "statefulset", "events-broker")?.context("StatefulSet")?;
+            Ok((sts["spec"]["replicas"] != 5)
+                .then(|| format!("replicas {}", sts["spec"]["replicas"])))
+        },
+    )?;
     eprintln!("whole test {:?}", began.elapsed());
     Ok(())
 }

@@ -307,6 +307,13 @@ pub struct PartitionStatus {
     /// In-sync replicas: those caught up with the leader.
     #[serde(default)]
     pub isr: Vec<i32>,
+    /// While the partition moves: replicas being added, which join the replica list once they
+    /// are in sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<i32>,
+    /// While the partition moves: replicas being removed once the added ones are in sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<i32>,
     /// Offset of the first record still stored.
     #[serde(default)]
     pub log_start_offset: i64,

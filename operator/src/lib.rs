@@ -3,5 +3,9 @@
 //! StatefulSets, Services and broker metadata.
 
 pub mod assign;
+pub mod broker_config;
+pub mod brokers;
 pub mod controller;
 pub mod crd;
+pub mod lease;
+pub mod partition;

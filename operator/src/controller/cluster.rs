@@ -7,28 +7,28 @@
 //! [`headless_service`], [`client_service`], [`statefulset`], [`pod_disruption_budget`],
 //! [`status`]); [`reconcile`] only applies them.
 //!
-//! Not yet: refusing a scale-down that would drop the last replica of a partition (it needs the
-//! Topic assignments).
+//! Scaling down is refused while a partition still has a replica on a broker that would go:
+//! the StatefulSet keeps its size, a `ScaleDownBlocked` condition and a Warning Event say which
+//! partitions wait, and the metadata controller moves them (a replica leaves only once a copy
+//! on a remaining broker is in sync).
 
-use super::{Context, Error, FIELD_MANAGER};
-use crate::crd::{BrokerStatus, Cluster, ClusterStatus};
+use super::{condition, Context, Error, FIELD_MANAGER};
+use crate::broker_config;
+use crate::crd::{BrokerStatus, Cluster, ClusterStatus, Topic};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, GRPCAction,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodSpec,
+    Node, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodSpec,
     PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    Condition, LabelSelector, ObjectMeta, OwnerReference, Time,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The broker image when `spec.image` is unset: the one matching the operator's version.
-pub const DEFAULT_IMAGE: &str = concat!("runnel-broker:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_IMAGE: &str = concat!("runnel.dev/runnel-broker:", env!("CARGO_PKG_VERSION"));
 /// The brokers' gRPC port (clients and replication).
 pub const GRPC_PORT: i32 = 9092;
 /// The brokers' metrics port.
@@ -48,6 +48,8 @@ pub const DATA_DIR: &str = "/var/lib/runnel";
 pub const CONFIG_DIR: &str = "/etc/runnel";
 /// The ConfigMap key holding the broker configuration.
 pub const CONFIG_KEY: &str = "broker.toml";
+/// Where the brokers read it.
+pub const CONFIG_PATH: &str = "/etc/runnel/broker.toml";
 /// The name of the volume claim template (PVCs are `data-NAME-broker-N`).
 pub const DATA_VOLUME: &str = "data";
 /// The controller's name in metrics and logs.
@@ -94,6 +96,15 @@ pub fn selector_labels(cluster: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// [`selector_labels`] as a label selector string.
+pub fn selector(cluster: &str) -> String {
+    selector_labels(cluster)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The owner reference every object of `cluster` carries (`controller: true`), or an error when
 /// the Cluster has no uid yet (it always has one once stored).
 pub fn owner_reference(cluster: &Cluster) -> Result<OwnerReference, Error> {
@@ -115,26 +126,34 @@ fn metadata(cluster: &Cluster, name: String, owner: &OwnerReference) -> ObjectMe
     }
 }
 
-/// The ConfigMap `NAME-config`: `spec.config` as a `broker.toml` with one `[defaults]` table,
-/// in Kafka's names.
-pub fn config_map(cluster: &Cluster, owner: &OwnerReference) -> Result<ConfigMap, Error> {
-    #[derive(Serialize)]
-    struct BrokerToml<'a> {
-        defaults: &'a BTreeMap<String, String>,
-    }
+/// The ConfigMap `NAME-config`: the Cluster's `spec.config` (Kafka names) rendered as the
+/// brokers' `broker.toml` ([`crate::broker_config`]).
+pub fn config_map(cluster: &Cluster, owner: &OwnerReference) -> ConfigMap {
     let name = cluster.name_any();
-    let toml = toml::to_string(&BrokerToml {
-        defaults: &cluster.spec.config,
-    })
-    .map_err(|source| Error::Config {
-        name: name.clone(),
-        source,
-    })?;
-    Ok(ConfigMap {
+    let toml = broker_config::render(&cluster.spec.config).toml();
+    ConfigMap {
         metadata: metadata(cluster, config_map_name(&name), owner),
         data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), toml)])),
         ..ConfigMap::default()
-    })
+    }
+}
+
+/// Partitions that still have a replica on a broker with an id of `brokers` or more, as
+/// `topic-partition` names (empty: scaling down to `brokers` drops no replica).
+pub fn scale_down_blockers(brokers: i32, topics: &[Topic]) -> Vec<String> {
+    let mut out: Vec<String> = topics
+        .iter()
+        .filter_map(|t| t.status.as_ref().map(|s| (t, s)))
+        .flat_map(|(t, s)| {
+            let name = s.topic_name.clone().unwrap_or_else(|| t.name_any());
+            s.partitions
+                .iter()
+                .filter(|p| p.replicas.iter().any(|b| *b >= brokers))
+                .map(move |p| format!("{name}-{}", p.partition))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn grpc_port() -> ServicePort {
@@ -194,7 +213,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 
 /// The StatefulSet `NAME-broker`: `spec.brokers` replicas started in parallel, each with a
 /// volume claim `data` for its log and a gRPC readiness probe.
-pub fn statefulset(cluster: &Cluster, owner: &OwnerReference) -> StatefulSet {
+pub fn statefulset(cluster: &Cluster, owner: &OwnerReference, replicas: i32) -> StatefulSet {
     let name = cluster.name_any();
     let spec = &cluster.spec;
     let container = Container {
@@ -203,6 +222,8 @@ pub fn statefulset(cluster: &Cluster, owner: &OwnerReference) -> StatefulSet {
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(
             [
+                "--config",
+                CONFIG_PATH,
                 "--data-dir",
                 DATA_DIR,
                 "--listen",
@@ -278,7 +299,7 @@ pub fn statefulset(cluster: &Cluster, owner: &OwnerReference) -> StatefulSet {
     StatefulSet {
         metadata: metadata(cluster, statefulset_name(&name), owner),
         spec: StatefulSetSpec {
-            replicas: Some(spec.brokers),
+            replicas: Some(replicas),
             service_name: Some(headless_service_name(&name)),
             pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector {
@@ -335,23 +356,42 @@ pub fn broker_id(statefulset: &str, pod: &str) -> Option<i32> {
         .ok()
 }
 
-fn pod_ready(pod: &Pod) -> bool {
+/// Whether a pod's `Ready` condition is true.
+pub fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The status of `cluster` given its StatefulSet (if it exists) and broker pods, at `now`.
-/// The `Ready` condition keeps its `lastTransitionTime` while its status does not change, so
-/// that writing the same status twice is a no-op (and does not wake the controller again).
+/// What a reconciliation found besides the StatefulSet and its pods.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Findings {
+    /// Keys of `spec.config` the brokers do not get ([`broker_config::render`]).
+    pub config_problems: Vec<String>,
+    /// Partitions that keep a scale-down from happening ([`scale_down_blockers`]).
+    pub scale_down_blockers: Vec<String>,
+    /// Brokers (StatefulSet replicas) running now, when a scale-down is held back.
+    pub held_at: Option<i32>,
+    /// Rack of each broker, by id, when rack awareness is on.
+    pub racks: BTreeMap<i32, String>,
+}
+
+/// The status of `cluster` given its StatefulSet (if it exists), its broker pods and what
+/// else the reconciliation found, at `now`. Conditions keep their `lastTransitionTime` while
+/// their status does not change, so that writing the same status twice is a no-op (and does
+/// not wake the controller again). `metadataEpoch` is the metadata controller's field and is
+/// left out.
 pub fn status(
     cluster: &Cluster,
     sts: Option<&StatefulSet>,
     pods: &[Pod],
+    findings: &Findings,
     now: Timestamp,
 ) -> ClusterStatus {
     let desired = cluster.spec.brokers;
+    let generation = cluster.metadata.generation;
+    let previous = cluster.status.as_ref().map_or(&[][..], |s| &s.conditions);
     let ready_brokers = sts
         .and_then(|s| s.status.as_ref())
         .and_then(|s| s.ready_replicas)
@@ -370,45 +410,75 @@ pub fn status(
                 id,
                 address,
                 ready: pod_ready(pod),
-                rack: None,
+                rack: findings.racks.get(&id).cloned(),
             })
         })
         .collect();
     brokers.sort_by_key(|b| b.id);
-    let (cond_status, reason, message) = if ready_brokers >= desired {
-        (
-            "True",
+    let message = format!("{ready_brokers} of {desired} brokers are ready");
+    let mut conditions = vec![if ready_brokers >= desired {
+        condition(
+            previous,
+            "Ready",
+            true,
             "BrokersReady",
-            format!("{ready_brokers} of {desired} brokers are ready"),
+            message,
+            generation,
+            now,
         )
     } else {
-        (
-            "False",
+        condition(
+            previous,
+            "Ready",
+            false,
             "BrokersNotReady",
-            format!("{ready_brokers} of {desired} brokers are ready"),
-        )
-    };
-    let previous = cluster
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let last_transition_time = match previous {
-        Some(c) if c.status == cond_status => c.last_transition_time.clone(),
-        _ => Time(now),
-    };
-    ClusterStatus {
-        observed_generation: cluster.metadata.generation,
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: cond_status.into(),
-            reason: reason.into(),
             message,
-            last_transition_time,
-            observed_generation: cluster.metadata.generation,
-        }],
+            generation,
+            now,
+        )
+    }];
+    conditions.push(if findings.config_problems.is_empty() {
+        condition(
+            previous,
+            "ConfigAccepted",
+            true,
+            "ConfigAccepted",
+            "every key of spec.config reaches the brokers".into(),
+            generation,
+            now,
+        )
+    } else {
+        condition(
+            previous,
+            "ConfigAccepted",
+            false,
+            "ConfigIgnored",
+            format!("not used: {}", findings.config_problems.join("; ")),
+            generation,
+            now,
+        )
+    });
+    if let Some(held_at) = findings.held_at {
+        conditions.push(condition(
+            previous,
+            "ScaleDownBlocked",
+            true,
+            "PartitionsOnRemovedBrokers",
+            format!(
+                "staying at {held_at} brokers: partitions {} still have replicas on brokers {desired} and up, \
+                 and move off them once a copy on the remaining brokers is in sync",
+                findings.scale_down_blockers.join(", ")
+            ),
+            generation,
+            now,
+        ));
+    }
+    ClusterStatus {
+        observed_generation: generation,
+        conditions,
         ready_brokers,
         brokers,
-        metadata_epoch: cluster.status.as_ref().and_then(|s| s.metadata_epoch),
+        metadata_epoch: None,
     }
 }
 
@@ -437,16 +507,12 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     if let Err(error) = &result {
         ctx.metrics.failure(CONTROLLER, error);
         // The one place errors become something a person sees on the Cluster.
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "ReconcileFailed".into(),
-            note: Some(error.to_string()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
-            tracing::warn!(error = %e, "publishing an Event failed");
-        }
+        ctx.warn(
+            &cluster.object_ref(&()),
+            "ReconcileFailed",
+            error.to_string(),
+        )
+        .await;
     }
     result
 }
@@ -463,7 +529,7 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     apply(
         &config_maps,
-        &config_map(cluster, &owner)?,
+        &config_map(cluster, &owner),
         "ConfigMap",
         &config_map_name(&name),
     )
@@ -485,9 +551,59 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
     .await?;
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let sts_name = statefulset_name(&name);
+    let mut findings = Findings {
+        config_problems: broker_config::render(&cluster.spec.config).problems,
+        ..Findings::default()
+    };
+    // A scale-down waits while partitions still have replicas on the brokers that would go.
+    let running = statefulsets
+        .get_opt(&sts_name)
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("reading StatefulSet `{sts_name}`"),
+            source,
+        })?
+        .and_then(|s| s.spec.replicas)
+        .unwrap_or(0);
+    let mut replicas = cluster.spec.brokers;
+    if running > replicas {
+        let topics: Api<Topic> = Api::namespaced(client.clone(), &namespace);
+        let topics: Vec<Topic> = topics
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| Error::Kube {
+                action: format!("listing the Topics of namespace `{namespace}`"),
+                source,
+            })?
+            .items
+            .into_iter()
+            .filter(|t| t.spec.cluster == name && t.metadata.deletion_timestamp.is_none())
+            .collect();
+        findings.scale_down_blockers = scale_down_blockers(replicas, &topics);
+        if !findings.scale_down_blockers.is_empty() {
+            replicas = running;
+            findings.held_at = Some(running);
+            let was_blocked = cluster
+                .status
+                .as_ref()
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "ScaleDownBlocked"));
+            if !was_blocked {
+                ctx.warn(
+                    &cluster.object_ref(&()),
+                    "ScaleDownBlocked",
+                    format!(
+                        "not scaling down to {} brokers yet: partitions {} have replicas on the brokers that would go",
+                        cluster.spec.brokers,
+                        findings.scale_down_blockers.join(", ")
+                    ),
+                )
+                .await;
+            }
+        }
+    }
     let sts = apply(
         &statefulsets,
-        &statefulset(cluster, &owner),
+        &statefulset(cluster, &owner, replicas),
         "StatefulSet",
         &sts_name,
     )
@@ -502,21 +618,31 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
     .await?;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let selector = selector_labels(&name)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let pods = pods
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(&selector(&name)))
         .await
         .map_err(|source| Error::Kube {
             action: format!("listing the pods of Cluster `{name}`"),
             source,
         })?;
 
-    let new_status = status(cluster, Some(&sts), &pods.items, Timestamp::now());
-    if cluster.status.as_ref() != Some(&new_status) {
+    if let Some(key) = cluster.spec.rack.as_ref().map(|r| r.topology_key.clone()) {
+        findings.racks = racks(&client, &sts_name, &pods.items, &key).await?;
+    }
+
+    let new_status = status(
+        cluster,
+        Some(&sts),
+        &pods.items,
+        &findings,
+        Timestamp::now(),
+    );
+    // The metadata epoch is the metadata controller's: compare without it.
+    let current = cluster.status.clone().map(|s| ClusterStatus {
+        metadata_epoch: None,
+        ..s
+    });
+    if current.as_ref() != Some(&new_status) {
         let clusters: Api<Cluster> = Api::namespaced(client, &namespace);
         let patch = serde_json::json!({
             "apiVersion": Cluster::api_version(&()),
@@ -537,6 +663,33 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
     }
     tracing::debug!(ready = new_status.ready_brokers, "reconciled");
     Ok(Action::requeue(RESYNC))
+}
+
+/// The rack of each broker pod: the `key` label of the node it runs on.
+async fn racks(
+    client: &kube::Client,
+    sts_name: &str,
+    pods: &[Pod],
+    key: &str,
+) -> Result<BTreeMap<i32, String>, Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut out = BTreeMap::new();
+    for pod in pods {
+        let (Some(id), Some(node)) = (
+            broker_id(sts_name, &pod.name_any()),
+            pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        ) else {
+            continue;
+        };
+        let node = nodes.get_opt(&node).await.map_err(|source| Error::Kube {
+            action: format!("reading Node `{node}`"),
+            source,
+        })?;
+        if let Some(rack) = node.and_then(|n| n.labels().get(key).cloned()) {
+            out.insert(id, rack);
+        }
+    }
+    Ok(out)
 }
 
 /// What to do after a failed reconciliation: log it and try again soon.
@@ -605,11 +758,11 @@ mod tests {
     #[test]
     fn every_object_is_owned_and_labelled() {
         let (c, o) = (cluster(3), owner());
-        let cm = config_map(&c, &o).expect("config map");
+        let cm = config_map(&c, &o);
         assert_owned(&cm.metadata);
         assert_owned(&headless_service(&c, &o).metadata);
         assert_owned(&client_service(&c, &o).metadata);
-        assert_owned(&statefulset(&c, &o).metadata);
+        assert_owned(&statefulset(&c, &o, 3).metadata);
         assert_owned(&pod_disruption_budget(&c, &o).metadata);
     }
 
@@ -617,7 +770,7 @@ mod tests {
     fn names() {
         let (c, o) = (cluster(3), owner());
         assert_eq!(
-            config_map(&c, &o).expect("cm").metadata.name.as_deref(),
+            config_map(&c, &o).metadata.name.as_deref(),
             Some("events-config")
         );
         assert_eq!(
@@ -629,7 +782,7 @@ mod tests {
             Some("events")
         );
         assert_eq!(
-            statefulset(&c, &o).metadata.name.as_deref(),
+            statefulset(&c, &o, 3).metadata.name.as_deref(),
             Some("events-broker")
         );
         assert_eq!(
@@ -640,13 +793,13 @@ mod tests {
 
     #[test]
     fn config_map_carries_the_cluster_config() {
-        let cm = config_map(&cluster(3), &owner()).expect("cm");
+        let cm = config_map(&cluster(3), &owner());
         let toml = cm
             .data
             .unwrap_or_default()
             .remove(CONFIG_KEY)
             .unwrap_or_default();
-        assert_eq!(toml, "[defaults]\n\"log.retention.ms\" = \"1000\"\n");
+        assert_eq!(toml, "retention_ms = 1000\n");
     }
 
     #[test]
@@ -669,7 +822,7 @@ mod tests {
     #[test]
     fn statefulset_follows_the_spec() {
         let mut c = cluster(4);
-        let sts = statefulset(&c, &owner()).spec;
+        let sts = statefulset(&c, &owner(), c.spec.brokers).spec;
         assert_eq!(sts.replicas, Some(4));
         assert_eq!(sts.service_name.as_deref(), Some("events-brokers"));
         assert_eq!(sts.pod_management_policy.as_deref(), Some("Parallel"));
@@ -686,11 +839,11 @@ mod tests {
         let broker = &pod.containers[0];
         assert_eq!(broker.name, "broker");
         assert_eq!(broker.image.as_deref(), Some(DEFAULT_IMAGE));
-        assert_eq!(DEFAULT_IMAGE, "runnel-broker:0.1.0");
+        assert_eq!(DEFAULT_IMAGE, "runnel.dev/runnel-broker:0.1.0");
         assert_eq!(broker.image_pull_policy.as_deref(), Some("IfNotPresent"));
         assert_eq!(
             broker.args.clone().unwrap_or_default().join(" "),
-            "--data-dir /var/lib/runnel --listen 0.0.0.0:9092 --metrics-listen 0.0.0.0:9644"
+            "--config /etc/runnel/broker.toml --data-dir /var/lib/runnel --listen 0.0.0.0:9092 --metrics-listen 0.0.0.0:9644"
         );
         let env: Vec<(String, Option<String>)> = broker
             .env
@@ -732,7 +885,7 @@ mod tests {
         );
 
         c.spec.image = Some("example.org/runnel:dev".into());
-        let pod = statefulset(&c, &owner())
+        let pod = statefulset(&c, &owner(), c.spec.brokers)
             .spec
             .template
             .spec
@@ -785,7 +938,7 @@ mod tests {
     #[test]
     fn status_not_ready_without_pods() {
         let now = Timestamp::UNIX_EPOCH;
-        let s = status(&cluster(3), None, &[], now);
+        let s = status(&cluster(3), None, &[], &Findings::default(), now);
         assert_eq!(s.observed_generation, Some(2));
         assert_eq!(s.ready_brokers, 0);
         assert!(s.brokers.is_empty());
@@ -806,7 +959,13 @@ mod tests {
             pod("events-broker-0", Some("198.18.0.1"), true),
             pod("events-broker-1", None, false),
         ];
-        let s = status(&c, Some(&sts_ready(2)), &pods, Timestamp::UNIX_EPOCH);
+        let s = status(
+            &c,
+            Some(&sts_ready(2)),
+            &pods,
+            &Findings::default(),
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(s.ready_brokers, 2);
         assert_eq!(
             s.brokers.iter().map(|b| b.id).collect::<Vec<_>>(),
@@ -820,11 +979,108 @@ mod tests {
         // Same condition status: the transition time is kept, so the status is unchanged.
         c.status = Some(s.clone());
         let later = Timestamp::UNIX_EPOCH + Duration::from_secs(60);
-        assert_eq!(status(&c, Some(&sts_ready(2)), &pods, later), s);
+        assert_eq!(
+            status(&c, Some(&sts_ready(2)), &pods, &Findings::default(), later),
+            s
+        );
 
-        let s = status(&c, Some(&sts_ready(3)), &pods, later);
+        let s = status(&c, Some(&sts_ready(3)), &pods, &Findings::default(), later);
         assert_eq!(s.conditions[0].status, "True");
         assert_eq!(s.conditions[0].reason, "BrokersReady");
-        assert_eq!(s.conditions[0].last_transition_time, Time(later));
+        assert_eq!(
+            s.conditions[0].last_transition_time,
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(later)
+        );
+    }
+
+    fn condition_of<'a>(
+        s: &'a ClusterStatus,
+        type_: &str,
+    ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        s.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    #[test]
+    fn unused_config_keys_show_in_a_condition() {
+        let s = status(
+            &cluster(3),
+            None,
+            &[],
+            &Findings::default(),
+            Timestamp::UNIX_EPOCH,
+        );
+        let accepted = condition_of(&s, "ConfigAccepted").map(|c| c.status.as_str());
+        assert_eq!(accepted, Some("True"));
+        let findings = Findings {
+            config_problems: vec!["num.io.threads: not a setting Runnel brokers use".into()],
+            ..Findings::default()
+        };
+        let s = status(&cluster(3), None, &[], &findings, Timestamp::UNIX_EPOCH);
+        let c = condition_of(&s, "ConfigAccepted")
+            .cloned()
+            .expect("ConfigAccepted");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ConfigIgnored")
+        );
+        assert!(c.message.contains("num.io.threads"), "{}", c.message);
+        assert!(condition_of(&s, "ScaleDownBlocked").is_none());
+    }
+
+    fn topic_on(name: &str, replicas: &[&[i32]]) -> Topic {
+        let mut t = Topic::new(
+            name,
+            crate::crd::TopicSpec {
+                cluster: "events".into(),
+                partitions: i32::try_from(replicas.len()).unwrap_or(1),
+                replicas: 1,
+                topic_name: None,
+                config: crate::crd::TopicConfig::default(),
+            },
+        );
+        t.status = Some(crate::crd::TopicStatus {
+            partitions: replicas
+                .iter()
+                .zip(0..)
+                .map(|(r, p)| crate::crd::PartitionStatus {
+                    partition: p,
+                    replicas: r.to_vec(),
+                    ..crate::crd::PartitionStatus::default()
+                })
+                .collect(),
+            ..crate::crd::TopicStatus::default()
+        });
+        t
+    }
+
+    #[test]
+    fn a_scale_down_waits_for_partitions_on_the_brokers_that_would_go() {
+        let topics = [
+            topic_on("orders", &[&[0, 1], &[1, 2], &[2, 0]]),
+            topic_on("clicks", &[&[0], &[1]]),
+        ];
+        assert_eq!(
+            scale_down_blockers(2, &topics),
+            vec!["orders-1".to_string(), "orders-2".to_string()]
+        );
+        assert!(scale_down_blockers(3, &topics).is_empty());
+        assert_eq!(scale_down_blockers(1, &topics).len(), 4);
+
+        let findings = Findings {
+            scale_down_blockers: scale_down_blockers(2, &topics),
+            held_at: Some(3),
+            ..Findings::default()
+        };
+        let s = status(&cluster(2), None, &[], &findings, Timestamp::UNIX_EPOCH);
+        let c = condition_of(&s, "ScaleDownBlocked")
+            .cloned()
+            .expect("ScaleDownBlocked");
+        assert_eq!(c.status, "True");
+        assert!(
+            c.message
+                .starts_with("staying at 3 brokers: partitions orders-1, orders-2"),
+            "{}",
+            c.message
+        );
     }
 }

@@ -3,9 +3,13 @@
 //! [`Error::metric_label`], and a module per kind with a `reconcile` and an `error_policy`.
 
 pub mod cluster;
+pub mod metadata;
+pub mod topic;
 
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,6 +17,31 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tokio::sync::RwLock;
+
+/// A condition that keeps `lastTransitionTime` from `previous` while its status is unchanged.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "runnel-operator";
@@ -54,6 +83,9 @@ pub enum Error {
         #[source]
         source: toml::ser::Error,
     },
+    /// A broker could not be reached or refused a call.
+    #[error(transparent)]
+    Broker(#[from] crate::brokers::BrokerCallError),
 }
 
 impl Error {
@@ -64,6 +96,7 @@ impl Error {
             Error::MissingNamespace { .. } => "missing_namespace",
             Error::MissingUid { .. } => "missing_uid",
             Error::Config { .. } => "config",
+            Error::Broker(_) => "broker",
         }
     }
 }
@@ -193,6 +226,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Diagnostics.
     pub diagnostics: Arc<RwLock<Diagnostics>>,
+    /// How often Topic status (offsets, sizes, ISR) is refreshed from the brokers.
+    pub status_interval: std::time::Duration,
 }
 
 impl std::fmt::Debug for Context {
@@ -213,6 +248,42 @@ impl Context {
             client,
             metrics: Arc::new(Metrics::new(registry)),
             diagnostics: Arc::new(RwLock::new(diagnostics)),
+            status_interval: std::time::Duration::from_secs(10),
         }
+    }
+
+    /// The same context with another Topic status refresh interval.
+    pub fn with_status_interval(mut self, interval: std::time::Duration) -> Self {
+        self.status_interval = interval;
+        self
+    }
+
+    async fn publish(
+        &self,
+        object: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, object).await {
+            tracing::warn!(error = %e, reason, "publishing an Event failed");
+        }
+    }
+
+    /// Publishes a Normal Event about `object` (failures to publish are logged, not returned).
+    pub async fn inform(&self, object: &ObjectReference, reason: &str, note: String) {
+        self.publish(object, EventType::Normal, reason, note).await;
+    }
+
+    /// Publishes a Warning Event about `object`.
+    pub async fn warn(&self, object: &ObjectReference, reason: &str, note: String) {
+        self.publish(object, EventType::Warning, reason, note).await;
     }
 }

@@ -1,0 +1,595 @@
+//! A Topic's life against a real API server and real brokers. The control plane runs with its
+//! controllers (the StatefulSet controller makes the broker pods, the namespace controller
+//! deletes namespaces), but there is no kubelet: the test plays its part. For each pod of the
+//! StatefulSet it runs `runnel-broker` as a local process with the environment and the
+//! configuration file the pod would have (`POD_NAME`, `POD_IP`, the ConfigMap's `broker.toml`),
+//! on a loopback address of its own, and writes that address and `Ready` into the pod's status.
+//!
+//! What a user would check: the Topic ends `Ready` with a status per partition that matches
+//! what the brokers report (`runnel topic describe`), its config reaches the brokers, producing
+//! with the CLI moves the end offsets in the status, data deleted behind the operator's back is
+//! re-created, a scale-down that would drop data is refused, deleting the Topic deletes its
+//! data, and deleting a namespace whose Cluster is gone finishes.
+
+use anyhow::{bail, ensure, Context};
+use runnel_e2e::operator::{binary_next_to_tests, eventually, ok, Operator};
+use runnel_e2e::{ControlPlane, Options};
+use runnel_proto::v1::admin_client::AdminClient;
+use runnel_proto::v1::{DeletePartitionsRequest, DescribePartitionsRequest, PartitionDescription};
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NAMESPACE: &str = "pipelines";
+const TIMEOUT: Duration = Duration::from_secs(60);
+const BROKERS: usize = 3;
+
+/// A broker process playing the pod `events-broker-N`.
+struct PlayedPod {
+    name: String,
+    ip: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl PlayedPod {
+    fn address(&self) -> String {
+        format!("{}:9092", self.ip)
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for PlayedPod {
+    fn drop(&mut self) {
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!(
+            "{} had to be killed; its log:\n{}",
+            self.name,
+            self.log_tail()
+        );
+    }
+}
+
+/// Starts the broker of pod `name` at `ip`, with the ConfigMap's configuration in `config`.
+fn play_pod(name: &str, ip: &str, config: &Path, dir: &Path) -> anyhow::Result<PlayedPod> {
+    let binary = binary_next_to_tests("runnel-broker")?;
+    let data = dir.join(name);
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).context("broker log")?;
+    let child = Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--"])
+        .arg(&binary)
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &format!("{ip}:9092")])
+        .args(["--metrics-listen", &format!("{ip}:9644")])
+        .env("POD_NAME", name)
+        .env("POD_IP", ip)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let pod = PlayedPod {
+        name: name.to_string(),
+        ip: ip.to_string(),
+        child,
+        log,
+    };
+    let began = Instant::now();
+    while std::net::TcpStream::connect(pod.address()).is_err() {
+        ensure!(
+            began.elapsed() < Duration::from_secs(20),
+            "{name} does not listen on {}; its log:\n{}",
+            pod.address(),
+            pod.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(pod)
+}
+
+/// A loopback address of this test run's own for broker `n` (127.77.X.N: the whole of
+/// 127.0.0.0/8 is the loopback interface).
+fn broker_ip(n: usize) -> String {
+    format!("127.77.{}.{}", std::process::id() % 250, n + 2)
+}
+
+fn get(cp: &ControlPlane, kind: &str, name: &str) -> anyhow::Result<Option<Value>> {
+    runnel_e2e::operator::get(cp, NAMESPACE, kind, name)
+}
+
+fn wait_for(
+    what: &str,
+    operator: &Operator,
+    check: impl FnMut() -> anyhow::Result<Option<String>>,
+) -> anyhow::Result<Duration> {
+    let took = eventually(what, operator, TIMEOUT, check)?;
+    eprintln!("{what}: {took:?}");
+    Ok(took)
+}
+
+/// `runnel --bootstrap ADDRESS ARGS… --output json`, parsed.
+fn runnel_json(bootstrap: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Value> {
+    let binary = binary_next_to_tests("runnel")?;
+    let mut child = Command::new(&binary)
+        .args(["--bootstrap", bootstrap])
+        .args(args)
+        .args(["--output", "json"])
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "runnel {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // `produce` prints one summary; take the last JSON document printed.
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("null");
+    serde_json::from_str(&stdout)
+        .or_else(|_| serde_json::from_str(last))
+        .with_context(|| format!("runnel {args:?} printed {stdout}"))
+}
+
+/// What the broker at `address` holds (`Admin.DescribePartitions`).
+fn held(rt: &tokio::runtime::Runtime, address: &str) -> anyhow::Result<Vec<PartitionDescription>> {
+    rt.block_on(async {
+        let mut admin = AdminClient::connect(format!("http://{address}")).await?;
+        Ok(admin
+            .describe_partitions(DescribePartitionsRequest::default())
+            .await?
+            .into_inner()
+            .partitions)
+    })
+}
+
+fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+}
+
+fn topic_ready(cp: &ControlPlane, name: &str) -> anyhow::Result<Option<String>> {
+    let Some(topic) = get(cp, "topics.runnel.dev", name)? else {
+        bail!("Topic {name} is gone");
+    };
+    match condition(&topic, "Ready") {
+        Some(c) if c["status"] == "True" => Ok(None),
+        _ => Ok(Some(format!("status: {}", topic["status"]))),
+    }
+}
+
+/// Compares a Topic's status with `runnel topic describe` of the same topic.
+fn status_matches_brokers(status: &Value, described: &Value) -> Option<String> {
+    let (Some(ours), Some(theirs)) = (
+        status["partitions"].as_array(),
+        described["partitions"].as_array(),
+    ) else {
+        return Some(format!("no partitions: {status} / {described}"));
+    };
+    if ours.len() != theirs.len() {
+        return Some(format!("{} vs {} partitions", ours.len(), theirs.len()));
+    }
+    for (s, d) in ours.iter().zip(theirs) {
+        let same = s["partition"] == d["partition"]
+            && s["leader"] == d["leader"]
+            && s["leaderEpoch"] == d["leader_epoch"]
+            && s["replicas"] == d["replicas"]
+            && s["isr"] == d["isr"]
+            && s["logStartOffset"] == d["log_start_offset"]
+            && s["highWatermark"] == d["high_watermark"]
+            && s["sizeBytes"] == d["size_bytes"];
+        if !same {
+            return Some(format!("status {s} vs broker {d}"));
+        }
+    }
+    None
+}
+
+fn keyed_lines(n: usize, prefix: &str) -> String {
+    (0..n)
+        .map(|i| format!("{prefix}-{i}:value {i}\n"))
+        .collect()
+}
+
+#[test]
+fn topic_lifecycle_against_real_brokers() -> anyhow::Result<()> {
+    let began = Instant::now();
+    let cp = ControlPlane::start_with(Options { controllers: true })?;
+    let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    ok(cp.kubectl(&["apply", "-f", crds.to_str().context("crds/ path")?]))?;
+    ok(cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/clusters.runnel.dev",
+        "crd/topics.runnel.dev",
+    ]))?;
+    ok(cp.kubectl(&["create", "namespace", NAMESPACE]))?;
+    let operator = Operator::start(&cp, &["--status-interval", "1s"])?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let dir = tempfile::tempdir()?;
+
+    ok(cp.apply(&format!(
+        "apiVersion: runnel.dev/v1alpha1
+kind: Cluster
+metadata:
+  name: events
+  namespace: {NAMESPACE}
+spec:
+  brokers: {BROKERS}
+  storage:
+    size: 1Gi
+  config:
+    log.retention.hours: \"168\"
+    num.io.threads: \"8\"
+"
+    )))?;
+
+    // The StatefulSet controller makes the pods; the ConfigMap holds the brokers' file.
+    wait_for("the broker pods and the ConfigMap", &operator, || {
+        for n in 0..BROKERS {
+            if get(&cp, "pod", &format!("events-broker-{n}"))?.is_none() {
+                return Ok(Some(format!("no pod events-broker-{n}")));
+            }
+        }
+        Ok(get(&cp, "configmap", "events-config")?
+            .is_none()
+            .then(|| "no ConfigMap".to_string()))
+    })?;
+    let cm = get(&cp, "configmap", "events-config")?.context("ConfigMap")?;
+    let toml = cm["data"]["broker.toml"].as_str().context("broker.toml")?;
+    ensure!(
+        toml == "retention_ms = 604800000\n",
+        "broker.toml: {toml:?}"
+    );
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, toml)?;
+    let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
+    let accepted = condition(&cluster, "ConfigAccepted").cloned();
+    wait_for(
+        "ConfigAccepted=False naming the unused key",
+        &operator,
+        || {
+            let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
+            Ok(match condition(&cluster, "ConfigAccepted") {
+                Some(c)
+                    if c["status"] == "False"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("num.io.threads")) =>
+                {
+                    None
+                }
+                _ => Some(format!("{accepted:?}")),
+            })
+        },
+    )?;
+
+    // Play the kubelet: run each pod's broker and report it ready with its address.
+    let mut pods = Vec::new();
+    for n in 0..BROKERS {
+        let name = format!("events-broker-{n}");
+        let ip = broker_ip(n);
+        pods.push(play_pod(&name, &ip, &config, dir.path())?);
+        let status = serde_json::json!({
+            "status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+        });
+        ok(cp.kubectl(&[
+            "patch",
+            "pod",
+            &name,
+            "-n",
+            NAMESPACE,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ]))?;
+    }
+    let bootstrap = pods[0].address();
+
+    // A Topic with its config.
+    ok(cp.apply(&format!(
+        "apiVersion: runnel.dev/v1alpha1
+kind: Topic
+metadata:
+  name: orders
+  namespace: {NAMESPACE}
+spec:
+  cluster: events
+  partitions: 3
+  replicas: 2
+  config:
+    retentionMs: 3600000
+    maxMessageBytes: 1048576
+    cleanupPolicy: delete
+"
+    )))?;
+    wait_for("Topic orders Ready", &operator, || {
+        topic_ready(&cp, "orders")
+    })?;
+    let topic = get(&cp, "topics.runnel.dev", "orders")?.context("Topic")?;
+    ensure!(
+        topic["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "runnel.dev/topic-data")),
+        "finalizer: {}",
+        topic["metadata"]
+    );
+    let described = runnel_json(&bootstrap, &["topic", "describe", "orders"], None)?;
+    ensure!(described["replication_factor"] == 2, "{described}");
+    ensure!(
+        described["configs"]["retention.ms"] == "3600000",
+        "{described}"
+    );
+    ensure!(
+        described["configs"]["max.message.bytes"] == "1048576",
+        "{described}"
+    );
+    let mut leaders = Vec::new();
+    for p in described["partitions"].as_array().context("partitions")? {
+        let replicas = p["replicas"].as_array().context("replicas")?;
+        ensure!(replicas.len() == 2 && replicas[0] != replicas[1], "{p}");
+        ensure!(
+            p["isr"] == p["replicas"] && p["leader"] == replicas[0],
+            "{p}"
+        );
+        leaders.push(p["leader"].as_i64().context("leader")?);
+    }
+    leaders.sort_unstable();
+    ensure!(leaders == [0, 1, 2], "one leader per broker: {leaders:?}");
+    wait_for("the status matches the brokers", &operator, || {
+        let topic = get(&cp, "topics.runnel.dev", "orders")?.context("Topic")?;
+        let described = runnel_json(&bootstrap, &["topic", "describe", "orders"], None)?;
+        Ok(status_matches_brokers(&topic["status"], &described))
+    })?;
+    let columns = ok(cp.kubectl(&["get", "rt", "orders", "-n", NAMESPACE]))?;
+    let header: Vec<&str> = columns
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header == ["NAME", "CLUSTER", "PARTITIONS", "REPLICAS", "READY", "AGE"],
+        "{columns}"
+    );
+    ensure!(
+        columns
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("events") && l.contains("True")),
+        "{columns}"
+    );
+
+    // Producing through the CLI moves the end offsets in the status.
+    let produced = runnel_json(
+        &bootstrap,
+        &["produce", "orders", "--key-separator", ":"],
+        Some(&keyed_lines(300, "order")),
+    )?;
+    eprintln!("produced: {produced}");
+    wait_for("300 records in the status", &operator, || {
+        let topic = get(&cp, "topics.runnel.dev", "orders")?.context("Topic")?;
+        let status = &topic["status"];
+        if status["totals"]["records"] != 300 {
+            return Ok(Some(format!("totals: {}", status["totals"])));
+        }
+        let described = runnel_json(&bootstrap, &["topic", "describe", "orders"], None)?;
+        Ok(status_matches_brokers(status, &described))
+    })?;
+
+    // Data deleted behind the operator's back: the operator sends the metadata again and the
+    // leader holds the partition again.
+    let p0 = &described["partitions"][0];
+    let leader = usize::try_from(p0["leader"].as_i64().context("leader")?)?;
+    let epoch_before = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?["status"]
+        ["metadataEpoch"]
+        .as_i64()
+        .context("metadataEpoch")?;
+    rt.block_on(async {
+        let mut admin = AdminClient::connect(format!("http://{}", pods[leader].address())).await?;
+        admin
+            .delete_partitions(DeletePartitionsRequest {
+                topic: "orders".into(),
+                partitions: vec![0],
+            })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    wait_for("partition 0 re-created on its leader", &operator, || {
+        let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
+        let epoch = cluster["status"]["metadataEpoch"].as_i64().unwrap_or(0);
+        let holds = held(&rt, &pods[leader].address())?
+            .iter()
+            .any(|p| p.topic == "orders" && p.partition == 0);
+        Ok((!(holds && epoch > epoch_before)).then(|| format!("epoch {epoch}, holds {holds}")))
+    })?;
+
+    // A scale-down that would drop the only copy of records is refused.
+    ok(cp.apply(&format!(
+        "apiVersion: runnel.dev/v1alpha1
+kind: Topic
+metadata:
+  name: clicks
+  namespace: {NAMESPACE}
+spec:
+  cluster: events
+  partitions: 3
+  replicas: 1
+"
+    )))?;
+    wait_for("Topic clicks Ready", &operator, || {
+        topic_ready(&cp, "clicks")
+    })?;
+    runnel_json(
+        &bootstrap,
+        &["produce", "clicks", "--key-separator", ":"],
+        Some(&keyed_lines(300, "user")),
+    )?;
+    ok(cp.kubectl(&[
+        "patch",
+        "clusters.runnel.dev",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--type",
+        "merge",
+        "--patch",
+        r#"{"spec":{"brokers":2}}"#,
+    ]))?;
+    wait_for("ScaleDownBlocked", &operator, || {
+        let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
+        let Some(c) = condition(&cluster, "ScaleDownBlocked") else {
+            return Ok(Some(format!(
+                "conditions: {}",
+                cluster["status"]["conditions"]
+            )));
+        };
+        ensure!(c["status"] == "True", "{c}");
+        let message = c["message"].as_str().unwrap_or_default();
+        ensure!(
+            message.starts_with("staying at 3 brokers: partitions "),
+            "{message}"
+        );
+        ensure!(message.contains("clicks-"), "{message}");
+        let sts = get(&cp, "statefulset", "events-broker")?.context("StatefulSet")?;
+        ensure!(
+            sts["spec"]["replicas"] == 3,
+            "the StatefulSet was scaled down: {}",
+            sts["spec"]
+        );
+        Ok(None)
+    })?;
+    let events = ok(cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--field-selector",
+        "reason=ScaleDownBlocked",
+        "-o",
+        "name",
+    ]))?;
+    ensure!(!events.trim().is_empty(), "no ScaleDownBlocked Event");
+    ok(cp.kubectl(&[
+        "patch",
+        "clusters.runnel.dev",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--type",
+        "merge",
+        "--patch",
+        &format!(r#"{{"spec":{{"brokers":{BROKERS}}}}}"#),
+    ]))?;
+    wait_for("ScaleDownBlocked gone", &operator, || {
+        let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
+        Ok(condition(&cluster, "ScaleDownBlocked").map(|c| c.to_string()))
+    })?;
+    wait_for("clicks still has its 300 records", &operator, || {
+        let topic = get(&cp, "topics.runnel.dev", "clicks")?.context("Topic")?;
+        Ok((topic["status"]["totals"]["records"] != 300)
+            .then(|| topic["status"]["totals"].to_string()))
+    })?;
+
+    // Deleting the Topic deletes its data on every broker.
+    ok(cp.kubectl(&[
+        "delete",
+        "topics.runnel.dev",
+        "orders",
+        "-n",
+        NAMESPACE,
+        "--wait=false",
+    ]))?;
+    wait_for("Topic orders and its data gone", &operator, || {
+        if get(&cp, "topics.runnel.dev", "orders")?.is_some() {
+            return Ok(Some("the Topic still exists".into()));
+        }
+        for pod in &pods {
+            let left: Vec<i32> = held(&rt, &pod.address())?
+                .iter()
+                .filter(|p| p.topic == "orders")
+                .map(|p| p.partition)
+                .collect();
+            if !left.is_empty() {
+                return Ok(Some(format!("{} still holds orders {left:?}", pod.name)));
+            }
+        }
+        Ok(None)
+    })?;
+    let all = ok(cp.kubectl(&["get", "runnel", "-n", NAMESPACE, "-o", "name"]))?;
+    ensure!(
+        all.contains("cluster.runnel.dev/events") && all.contains("topic.runnel.dev/clicks"),
+        "{all}"
+    );
+
+    // The Cluster goes first; the namespace with its remaining Topic is then deleted.
+    ok(cp.kubectl(&[
+        "delete",
+        "clusters.runnel.dev",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--timeout=60s",
+    ]))?;
+    ok(cp.kubectl(&["delete", "namespace", NAMESPACE, "--timeout=90s"]))?;
+    let left = cp.kubectl(&["get", "namespace", NAMESPACE]);
+    ensure!(
+        !left.success() && left.stderr.contains("NotFound"),
+        "{left}"
+    );
+    drop(pods);
+    eprintln!("whole test {:?}", began.elapsed());
+    Ok(())
+}

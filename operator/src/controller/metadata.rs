@@ -1,0 +1,988 @@
+//! The metadata controller: for each [`Cluster`], the operator acts as Kafka's controller. It
+//! places the partitions of every [`Topic`] of the Cluster ([`crate::assign`]), decides each
+//! partition's replicas, in-sync replicas and leader from what the brokers report
+//! ([`crate::partition`]), sends the whole metadata to every broker with `Admin.ApplyMetadata`
+//! under a new epoch when any broker holds something else, deletes partition data that no
+//! Topic claims, and writes each Topic's status (per partition: leader, replicas, ISR, offsets,
+//! size; totals; `Ready`).
+//!
+//! It runs per Cluster, not per Topic, because the metadata is one document with one epoch:
+//! two Topics reconciled at once would race for it. Topics are watched and mapped to their
+//! Cluster. The Topic finalizer is released here once the Topic's data is gone from every
+//! broker that answers (a broker that is down deletes it when it is back: data no Topic claims
+//! is deleted on every reconciliation), or by the Topic controller at once when the Cluster no
+//! longer exists.
+//!
+//! The decisions are pure functions ([`decide`], [`needs_apply`], [`orphans`],
+//! [`topic_status`]); [`reconcile`] does the I/O.
+
+use super::{cluster, condition, Context, Error, FIELD_MANAGER};
+use crate::assign::{assign, Assignment, BrokerSlot, TopicRequest};
+use crate::brokers::{BrokerConnection, Holdings};
+use crate::crd::{
+    CleanupPolicy, Cluster, PartitionStatus, TimestampType, Topic, TopicConfig, TopicStatus,
+    TopicTotals,
+};
+use crate::partition::{self, Plan, Report};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use runnel_proto::v1 as pb;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The finalizer that deletes a Topic's partition data before the Topic goes.
+pub const TOPIC_FINALIZER: &str = "runnel.dev/topic-data";
+/// The field manager of the Cluster's `status.metadataEpoch` (the Cluster controller owns the
+/// rest of the Cluster's status).
+const EPOCH_MANAGER: &str = "runnel-operator-metadata";
+/// The controller's name in metrics and logs.
+const CONTROLLER: &str = "Metadata";
+
+/// The topic's name in the cluster: `spec.topicName`, else `metadata.name`.
+pub fn topic_name(topic: &Topic) -> String {
+    topic
+        .spec
+        .topic_name
+        .clone()
+        .unwrap_or_else(|| topic.name_any())
+}
+
+/// A Topic's `spec.config` in the wire format.
+pub fn wire_config(config: &TopicConfig) -> pb::TopicConfig {
+    pb::TopicConfig {
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
+        cleanup_policy: config.cleanup_policy.map(|p| {
+            match p {
+                CleanupPolicy::Delete => "delete",
+                CleanupPolicy::Compact => "compact",
+            }
+            .to_string()
+        }),
+        min_insync_replicas: config.min_insync_replicas,
+        max_message_bytes: config.max_message_bytes,
+        message_timestamp_type: config.message_timestamp_type.map(|t| {
+            match t {
+                TimestampType::CreateTime => "CreateTime",
+                TimestampType::LogAppendTime => "LogAppendTime",
+            }
+            .to_string()
+        }),
+    }
+}
+
+/// What was decided for one Topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicDecision {
+    /// The Topic's `metadata.name`.
+    pub resource: String,
+    /// Its name in the cluster.
+    pub name: String,
+    /// One plan per partition; empty when `error` is set.
+    pub plans: Vec<Plan>,
+    /// Why the Topic could not be placed.
+    pub error: Option<String>,
+}
+
+/// The metadata to hold, and what it was made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The cluster metadata (epoch 0: the epoch is chosen when it is sent).
+    pub metadata: pb::ClusterMetadata,
+    /// One entry per Topic, in the order given.
+    pub topics: Vec<TopicDecision>,
+}
+
+impl Decision {
+    /// Names of topics that exist as Topics but could not be placed: their data is kept.
+    fn unplaced(&self) -> BTreeSet<&str> {
+        self.topics
+            .iter()
+            .filter(|t| t.error.is_some())
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+}
+
+/// The reports of one partition, by broker id.
+fn reports_of(
+    holdings: &BTreeMap<i32, Holdings>,
+    topic: &str,
+    partition: i32,
+) -> BTreeMap<i32, Report> {
+    holdings
+        .iter()
+        .filter_map(|(id, h)| {
+            h.partitions
+                .partitions
+                .iter()
+                .find(|p| p.topic == topic && p.partition == partition)
+                .map(|p| {
+                    (
+                        *id,
+                        Report {
+                            log_start_offset: p.log_start_offset,
+                            log_end_offset: p.log_end_offset,
+                            high_watermark: p.high_watermark,
+                            size_bytes: p.size_bytes,
+                        },
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The target replicas recorded in a Topic's status: its replicas without those being removed.
+fn current_assignment(topics: &[(String, &Topic)]) -> Assignment {
+    let mut current = Assignment::default();
+    for (name, topic) in topics {
+        let Some(status) = &topic.status else {
+            continue;
+        };
+        let mut partitions: Vec<&PartitionStatus> = status.partitions.iter().collect();
+        partitions.sort_by_key(|p| p.partition);
+        let lists: Vec<Vec<i32>> = partitions
+            .iter()
+            .enumerate()
+            .take_while(|(i, p)| usize::try_from(p.partition).is_ok_and(|n| n == *i))
+            .map(|(_, p)| {
+                p.replicas
+                    .iter()
+                    .copied()
+                    .filter(|b| !p.removing_replicas.contains(b))
+                    .collect()
+            })
+            .collect();
+        if !lists.is_empty() {
+            current.topics.insert(name.clone(), lists);
+        }
+    }
+    current
+}
+
+/// Decides the metadata of `cluster`.
+///
+/// * `brokers`: every broker with a known address (its pod has an IP), by id, with its rack.
+/// * `topics`: the Cluster's Topics that are not being deleted.
+/// * `holdings`: what each broker that answered holds, by id (these are the live brokers).
+pub fn decide(
+    cluster: &Cluster,
+    brokers: &[pb::BrokerInfo],
+    topics: &[Topic],
+    holdings: &BTreeMap<i32, Holdings>,
+) -> Decision {
+    let size = cluster.spec.brokers.max(0);
+    let rack_of = |id: i32| {
+        brokers
+            .iter()
+            .find(|b| b.id == id && !b.rack.is_empty())
+            .map(|b| b.rack.clone())
+    };
+    let slots: Vec<BrokerSlot> = (0..size)
+        .map(|id| BrokerSlot {
+            id,
+            rack: rack_of(id),
+        })
+        .collect();
+    let live: BTreeSet<i32> = holdings.keys().copied().collect();
+
+    // Topics the cluster can hold; the others get an error and keep their data.
+    let mut decisions: Vec<TopicDecision> = Vec::new();
+    let mut placeable: Vec<(String, &Topic)> = Vec::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for topic in topics {
+        let name = topic_name(topic);
+        let resource = topic.name_any();
+        let error = if topic.spec.replicas > size {
+            Some(format!(
+                "replicas is {} but Cluster `{}` has {} brokers",
+                topic.spec.replicas,
+                cluster.name_any(),
+                size
+            ))
+        } else {
+            seen.get(&name).map(|other| {
+                format!("topic `{name}` is already defined by Topic `{other}` in this Cluster")
+            })
+        };
+        if error.is_none() {
+            seen.insert(name.clone(), resource.clone());
+            placeable.push((name.clone(), topic));
+        }
+        decisions.push(TopicDecision {
+            resource,
+            name,
+            plans: Vec::new(),
+            error,
+        });
+    }
+    let requests: Vec<TopicRequest> = placeable
+        .iter()
+        .map(|(name, t)| TopicRequest {
+            name: name.clone(),
+            partitions: t.spec.partitions,
+            replicas: t.spec.replicas,
+        })
+        .collect();
+    let current = current_assignment(&placeable);
+    let assignment = match assign(&slots, &requests, &current) {
+        Ok(a) => a,
+        Err(e) => {
+            // Only reachable through inputs the checks above rule out; keep every topic's data.
+            for d in &mut decisions {
+                d.error.get_or_insert_with(|| e.to_string());
+            }
+            return Decision {
+                metadata: pb::ClusterMetadata {
+                    epoch: 0,
+                    brokers: brokers.to_vec(),
+                    topics: Vec::new(),
+                },
+                topics: decisions,
+            };
+        }
+    };
+
+    let mut wire_topics = Vec::new();
+    for (name, topic) in &placeable {
+        let targets = assignment.topics.get(name).cloned().unwrap_or_default();
+        let previous: BTreeMap<i32, &PartitionStatus> = topic
+            .status
+            .iter()
+            .flat_map(|s| &s.partitions)
+            .map(|p| (p.partition, p))
+            .collect();
+        let plans: Vec<Plan> = targets
+            .iter()
+            .zip(0..)
+            .map(|(target, p)| {
+                partition::plan(
+                    target,
+                    previous.get(&p).copied(),
+                    &reports_of(holdings, name, p),
+                    &live,
+                )
+            })
+            .collect();
+        wire_topics.push(pb::TopicMetadata {
+            name: name.clone(),
+            partitions: plans
+                .iter()
+                .zip(0..)
+                .map(|(plan, p)| pb::PartitionMetadata {
+                    partition: p,
+                    leader: plan.leader,
+                    leader_epoch: plan.leader_epoch,
+                    replicas: plan.replicas.clone(),
+                    isr: plan.isr.clone(),
+                })
+                .collect(),
+            replication_factor: topic.spec.replicas,
+            config: Some(wire_config(&topic.spec.config)),
+        });
+        if let Some(d) = decisions
+            .iter_mut()
+            .find(|d| d.error.is_none() && d.name == *name)
+        {
+            d.plans = plans;
+        }
+    }
+    wire_topics.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut brokers = brokers.to_vec();
+    brokers.sort_by_key(|b| b.id);
+    Decision {
+        metadata: pb::ClusterMetadata {
+            epoch: 0,
+            brokers,
+            topics: wire_topics,
+        },
+        topics: decisions,
+    }
+}
+
+/// Whether any live broker needs the metadata sent again: it holds other metadata, or it lacks
+/// a partition it should hold (its data was deleted behind the operator's back).
+pub fn needs_apply(desired: &pb::ClusterMetadata, holdings: &BTreeMap<i32, Holdings>) -> bool {
+    holdings.iter().any(|(id, h)| {
+        let held = &h.metadata;
+        if held.epoch == 0 || held.brokers != desired.brokers || held.topics != desired.topics {
+            return true;
+        }
+        desired.topics.iter().any(|t| {
+            t.partitions.iter().any(|p| {
+                p.replicas.contains(id)
+                    && !h
+                        .partitions
+                        .partitions
+                        .iter()
+                        .any(|d| d.topic == t.name && d.partition == p.partition)
+            })
+        })
+    })
+}
+
+/// Partition data a broker holds that nothing claims: a topic with no Topic (deleted, or
+/// deleted while the broker was down), or a partition whose replicas no longer include the
+/// broker (a finished move). Topics that exist but could not be placed keep their data.
+/// Returns `(broker id, topic, partitions)`.
+pub fn orphans(
+    decision: &Decision,
+    holdings: &BTreeMap<i32, Holdings>,
+) -> Vec<(i32, String, Vec<i32>)> {
+    let unplaced = decision.unplaced();
+    let mut out = Vec::new();
+    for (id, h) in holdings {
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for d in &h.partitions.partitions {
+            if unplaced.contains(d.topic.as_str()) {
+                continue;
+            }
+            let claimed = decision
+                .metadata
+                .topics
+                .iter()
+                .find(|t| t.name == d.topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.partition == d.partition))
+                .is_some_and(|p| p.replicas.contains(id));
+            if !claimed {
+                by_topic.entry(&d.topic).or_default().push(d.partition);
+            }
+        }
+        for (topic, mut partitions) in by_topic {
+            partitions.sort_unstable();
+            out.push((*id, topic.to_string(), partitions));
+        }
+    }
+    out
+}
+
+/// The status of a Topic from its decision and the brokers' reports, at `now`. The `Ready`
+/// condition keeps its `lastTransitionTime` while its status does not change.
+pub fn topic_status(
+    topic: &Topic,
+    decision: &TopicDecision,
+    holdings: &BTreeMap<i32, Holdings>,
+    now: Timestamp,
+) -> TopicStatus {
+    let previous: BTreeMap<i32, &PartitionStatus> = topic
+        .status
+        .iter()
+        .flat_map(|s| &s.partitions)
+        .map(|p| (p.partition, p))
+        .collect();
+    let partitions: Vec<PartitionStatus> = if decision.error.is_some() {
+        previous.values().map(|p| (*p).clone()).collect()
+    } else {
+        decision
+            .plans
+            .iter()
+            .zip(0..)
+            .map(|(plan, p)| {
+                let reports = reports_of(holdings, &decision.name, p);
+                partition::status(
+                    p,
+                    plan,
+                    reports.get(&plan.leader),
+                    previous.get(&p).copied(),
+                )
+            })
+            .collect()
+    };
+    let totals = TopicTotals {
+        records: partitions
+            .iter()
+            .map(|p| p.high_watermark - p.log_start_offset)
+            .sum(),
+        size_bytes: partitions.iter().map(|p| p.size_bytes).sum(),
+        under_replicated_partitions: count(
+            partitions.iter().filter(|p| p.isr.len() < p.replicas.len()),
+        ),
+        offline_partitions: count(partitions.iter().filter(|p| p.leader.is_none())),
+    };
+    let served = |plan: &Plan, p: i32| {
+        plan.leader >= 0
+            && holdings.get(&plan.leader).is_some_and(|h| {
+                h.partitions
+                    .partitions
+                    .iter()
+                    .any(|d| d.topic == decision.name && d.partition == p)
+            })
+    };
+    let (ready, reason, message) = if let Some(error) = &decision.error {
+        (false, "NotPlaced", error.clone())
+    } else if holdings.is_empty() {
+        (
+            false,
+            "NoBrokers",
+            "no broker of the Cluster answers".to_string(),
+        )
+    } else {
+        let waiting: Vec<String> = decision
+            .plans
+            .iter()
+            .zip(0..)
+            .filter(|(plan, p)| !served(plan, *p))
+            .map(|(_, p)| p.to_string())
+            .collect();
+        if waiting.is_empty() {
+            (
+                true,
+                "PartitionsReady",
+                format!(
+                    "{} partitions, each served by its leader",
+                    decision.plans.len()
+                ),
+            )
+        } else {
+            (
+                false,
+                "PartitionsOffline",
+                format!(
+                    "partitions without a serving leader: {}",
+                    waiting.join(", ")
+                ),
+            )
+        }
+    };
+    TopicStatus {
+        observed_generation: topic.metadata.generation,
+        conditions: vec![condition(
+            topic.status.as_ref().map_or(&[][..], |s| &s.conditions),
+            "Ready",
+            ready,
+            reason,
+            message,
+            topic.metadata.generation,
+            now,
+        )],
+        topic_name: Some(decision.name.clone()),
+        partitions,
+        totals: Some(totals),
+    }
+}
+
+fn count<T>(it: impl Iterator<Item = T>) -> i32 {
+    i32::try_from(it.count()).unwrap_or(i32::MAX)
+}
+
+fn kube_error(action: String) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+/// The brokers of a Cluster as its pods show them: id, `podIP:9092`, rack (from the Cluster's
+/// status), and whether the pod is ready.
+fn pod_brokers(cluster: &Cluster, pods: &[Pod]) -> Vec<(pb::BrokerInfo, bool)> {
+    let sts = cluster::statefulset_name(&cluster.name_any());
+    let racks: BTreeMap<i32, String> = cluster
+        .status
+        .iter()
+        .flat_map(|s| &s.brokers)
+        .filter_map(|b| b.rack.clone().map(|r| (b.id, r)))
+        .collect();
+    let mut out: Vec<(pb::BrokerInfo, bool)> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|pod| {
+            let id = cluster::broker_id(&sts, &pod.name_any())?;
+            let ip = pod.status.as_ref()?.pod_ip.clone()?;
+            Some((
+                pb::BrokerInfo {
+                    id,
+                    address: format!("{ip}:{}", cluster::GRPC_PORT),
+                    rack: racks.get(&id).cloned().unwrap_or_default(),
+                },
+                cluster::pod_ready(pod),
+            ))
+        })
+        .collect();
+    out.sort_by_key(|(b, _)| b.id);
+    out
+}
+
+/// What the ready brokers hold, by id, with a connection to each (brokers that do not answer
+/// are left out and logged).
+async fn observe(
+    brokers: &[(pb::BrokerInfo, bool)],
+) -> (BTreeMap<i32, Holdings>, BTreeMap<i32, BrokerConnection>) {
+    let calls = brokers
+        .iter()
+        .filter(|(_, ready)| *ready)
+        .map(|(b, _)| async move {
+            let result = async {
+                let conn = BrokerConnection::connect(&b.address).await?;
+                let holdings = conn.holdings().await?;
+                Ok::<_, crate::brokers::BrokerCallError>((conn, holdings))
+            }
+            .await;
+            (b.id, result)
+        });
+    let mut holdings = BTreeMap::new();
+    let mut connections = BTreeMap::new();
+    for (id, result) in futures::future::join_all(calls).await {
+        match result {
+            Ok((conn, h)) => {
+                holdings.insert(id, h);
+                connections.insert(id, conn);
+            }
+            Err(e) => tracing::warn!(broker = id, error = %e, "broker does not answer"),
+        }
+    }
+    (holdings, connections)
+}
+
+/// Re-reads what the connected brokers hold (after new metadata).
+async fn refresh(
+    connections: &BTreeMap<i32, BrokerConnection>,
+    holdings: &mut BTreeMap<i32, Holdings>,
+) {
+    for (id, conn) in connections {
+        match conn.holdings().await {
+            Ok(h) => {
+                holdings.insert(*id, h);
+            }
+            Err(e) => {
+                tracing::warn!(broker = id, error = %e, "broker stopped answering");
+                holdings.remove(id);
+            }
+        }
+    }
+}
+
+/// Places a Cluster's Topics, sends the metadata, deletes unclaimed data, releases the
+/// finalizers of deleted Topics and writes the Topics' status.
+#[tracing::instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = ?cluster.namespace()))]
+pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let result = sync(&cluster, &ctx).await;
+    if let Err(error) = &result {
+        ctx.metrics.failure(CONTROLLER, error);
+        ctx.warn(
+            &cluster.object_ref(&()),
+            "MetadataFailed",
+            error.to_string(),
+        )
+        .await;
+    }
+    result
+}
+
+async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
+    if cluster.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let name = cluster.name_any();
+    let namespace = cluster.namespace().ok_or_else(|| Error::MissingNamespace {
+        kind: "Cluster",
+        name: name.clone(),
+    })?;
+    let client = ctx.client.clone();
+    let topics_api: Api<Topic> = Api::namespaced(client.clone(), &namespace);
+    // A fresh list, not a cache: data no Topic claims is deleted below, so a Topic must never
+    // be missed because a watch lagged.
+    let topics: Vec<Topic> = topics_api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error(format!(
+            "listing the Topics of namespace `{namespace}`"
+        )))?
+        .items
+        .into_iter()
+        .filter(|t| t.spec.cluster == name)
+        .collect();
+    let (deleting, active): (Vec<Topic>, Vec<Topic>) = topics
+        .into_iter()
+        .partition(|t| t.metadata.deletion_timestamp.is_some());
+
+    // Every placed Topic carries the finalizer before its data exists.
+    for topic in &active {
+        if !topic.finalizers().iter().any(|f| f == TOPIC_FINALIZER) {
+            let mut finalizers = topic.finalizers().to_vec();
+            finalizers.push(TOPIC_FINALIZER.to_string());
+            let patch = serde_json::json!({
+                "metadata": {
+                    "finalizers": finalizers,
+                    "resourceVersion": topic.resource_version(),
+                }
+            });
+            topics_api
+                .patch(
+                    &topic.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map_err(kube_error(format!(
+                    "adding the finalizer to Topic `{}`",
+                    topic.name_any()
+                )))?;
+        }
+    }
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&cluster::selector(&name)))
+        .await
+        .map_err(kube_error(format!("listing the pods of Cluster `{name}`")))?
+        .items;
+    let brokers = pod_brokers(cluster, &pods);
+    let (mut holdings, connections) = observe(&brokers).await;
+    let infos: Vec<pb::BrokerInfo> = brokers.iter().map(|(b, _)| b.clone()).collect();
+    let decision = decide(cluster, &infos, &active, &holdings);
+
+    let mut epoch = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.metadata_epoch)
+        .unwrap_or(0);
+    if !holdings.is_empty() && needs_apply(&decision.metadata, &holdings) {
+        let held = holdings
+            .values()
+            .map(|h| h.metadata.epoch)
+            .max()
+            .unwrap_or(0);
+        epoch = epoch.max(held) + 1;
+        let metadata = pb::ClusterMetadata {
+            epoch,
+            ..decision.metadata.clone()
+        };
+        let mut sent = Vec::new();
+        for (id, conn) in &connections {
+            match conn.apply(metadata.clone()).await {
+                Ok((true, _)) => sent.push(id.to_string()),
+                Ok((false, held)) => {
+                    tracing::warn!(broker = id, held, epoch, "broker holds a newer epoch");
+                    epoch = epoch.max(held);
+                }
+                Err(e) => tracing::warn!(broker = id, error = %e, "sending metadata failed"),
+            }
+        }
+        tracing::info!(epoch, brokers = %sent.join(","), "metadata applied");
+        ctx.inform(
+            &cluster.object_ref(&()),
+            "MetadataApplied",
+            format!("metadata epoch {epoch} sent to brokers {}", sent.join(", ")),
+        )
+        .await;
+        refresh(&connections, &mut holdings).await;
+    }
+
+    for (id, topic, partitions) in orphans(&decision, &holdings) {
+        let Some(conn) = connections.get(&id) else {
+            continue;
+        };
+        match conn.delete_partitions(&topic, partitions.clone()).await {
+            Ok(deleted) => {
+                tracing::info!(
+                    broker = id,
+                    topic,
+                    ?deleted,
+                    "deleted partition data no Topic claims"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(broker = id, topic, error = %e, "deleting partition data failed")
+            }
+        }
+    }
+
+    // Deleted Topics: gone from the metadata, their data deleted above on every broker that
+    // answers (the others delete it when they are back); release them.
+    for topic in &deleting {
+        if topic.finalizers().iter().any(|f| f == TOPIC_FINALIZER) {
+            super::topic::release(&topics_api, topic).await?;
+            ctx.inform(
+                &cluster.object_ref(&()),
+                "TopicDeleted",
+                format!("topic `{}` deleted from the brokers", topic_name(topic)),
+            )
+            .await;
+        }
+    }
+
+    let now = Timestamp::now();
+    for (topic, d) in active.iter().zip(&decision.topics) {
+        let status = topic_status(topic, d, &holdings, now);
+        if topic.status.as_ref() != Some(&status) {
+            let patch = serde_json::json!({
+                "apiVersion": Topic::api_version(&()),
+                "kind": Topic::kind(&()),
+                "status": status,
+            });
+            topics_api
+                .patch_status(
+                    &topic.name_any(),
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+                .map_err(kube_error(format!(
+                    "updating the status of Topic `{}`",
+                    topic.name_any()
+                )))?;
+        }
+    }
+
+    if cluster.status.as_ref().and_then(|s| s.metadata_epoch) != Some(epoch) && epoch > 0 {
+        let clusters: Api<Cluster> = Api::namespaced(client, &namespace);
+        let patch = serde_json::json!({
+            "apiVersion": Cluster::api_version(&()),
+            "kind": Cluster::kind(&()),
+            "status": { "metadataEpoch": epoch },
+        });
+        clusters
+            .patch_status(
+                &name,
+                &PatchParams::apply(EPOCH_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(kube_error(format!(
+                "recording the metadata epoch of Cluster `{name}`"
+            )))?;
+    }
+    Ok(Action::requeue(ctx.status_interval))
+}
+
+/// What to do after a failed reconciliation: try again soon.
+pub fn error_policy(cluster: Arc<Cluster>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(cluster = %cluster.name_any(), %error, "metadata reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ClusterSpec, StorageSpec, TopicSpec};
+
+    fn cluster(brokers: i32) -> Cluster {
+        let mut c = Cluster::new(
+            "events",
+            ClusterSpec {
+                brokers,
+                image: None,
+                storage: StorageSpec {
+                    size: "1Gi".into(),
+                    storage_class_name: None,
+                },
+                resources: None,
+                config: BTreeMap::new(),
+                rack: None,
+            },
+        );
+        c.metadata.namespace = Some("streams".into());
+        c
+    }
+
+    fn topic(name: &str, partitions: i32, replicas: i32) -> Topic {
+        let mut t = Topic::new(
+            name,
+            TopicSpec {
+                cluster: "events".into(),
+                partitions,
+                replicas,
+                topic_name: None,
+                config: TopicConfig {
+                    retention_ms: Some(60_000),
+                    ..TopicConfig::default()
+                },
+            },
+        );
+        t.metadata.generation = Some(1);
+        t
+    }
+
+    fn brokers(n: i32) -> Vec<pb::BrokerInfo> {
+        (0..n)
+            .map(|id| pb::BrokerInfo {
+                id,
+                address: format!("198.18.0.{}:9092", id + 2),
+                rack: String::new(),
+            })
+            .collect()
+    }
+
+    /// What broker `id` holds after applying `md`: each partition it is a replica of, with
+    /// `records` records.
+    fn holding(id: i32, md: &pb::ClusterMetadata, records: i64) -> Holdings {
+        let partitions = md
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|p| p.replicas.contains(&id))
+                    .map(|p| pb::PartitionDescription {
+                        topic: t.name.clone(),
+                        partition: p.partition,
+                        log_end_offset: records,
+                        high_watermark: records,
+                        size_bytes: records * 100,
+                        is_leader: p.leader == id,
+                        ..pb::PartitionDescription::default()
+                    })
+            })
+            .collect();
+        Holdings {
+            partitions: pb::DescribePartitionsResponse {
+                broker_id: id,
+                metadata_epoch: md.epoch,
+                partitions,
+            },
+            metadata: pb::MetadataResponse {
+                epoch: md.epoch,
+                brokers: md.brokers.clone(),
+                topics: md.topics.clone(),
+                broker_id: id,
+                standalone: false,
+            },
+        }
+    }
+
+    fn empty(id: i32) -> Holdings {
+        holding(id, &pb::ClusterMetadata::default(), 0)
+    }
+
+    #[test]
+    fn a_new_topic_is_placed_balanced_with_its_config_and_needs_sending() {
+        let live: BTreeMap<i32, Holdings> = (0..3).map(|id| (id, empty(id))).collect();
+        let d = decide(&cluster(3), &brokers(3), &[topic("orders", 6, 2)], &live);
+        assert_eq!(d.topics[0].error, None);
+        let t = &d.metadata.topics[0];
+        assert_eq!(
+            (t.name.as_str(), t.partitions.len(), t.replication_factor),
+            ("orders", 6, 2)
+        );
+        assert_eq!(t.config.as_ref().and_then(|c| c.retention_ms), Some(60_000));
+        let mut leaders = BTreeMap::<i32, usize>::new();
+        for p in &t.partitions {
+            assert_eq!(p.replicas.len(), 2);
+            assert_eq!(p.leader, p.replicas[0]);
+            assert_eq!(p.isr, p.replicas);
+            *leaders.entry(p.leader).or_default() += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert!(needs_apply(&d.metadata, &live));
+    }
+
+    #[test]
+    fn brokers_holding_the_metadata_need_nothing_until_data_goes_missing() {
+        let c = cluster(2);
+        let topics = [topic("orders", 2, 1)];
+        let live: BTreeMap<i32, Holdings> = (0..2).map(|id| (id, empty(id))).collect();
+        let d = decide(&c, &brokers(2), &topics, &live);
+        let sent = pb::ClusterMetadata {
+            epoch: 1,
+            ..d.metadata.clone()
+        };
+        let mut live: BTreeMap<i32, Holdings> =
+            (0..2).map(|id| (id, holding(id, &sent, 5))).collect();
+        assert!(!needs_apply(&d.metadata, &live));
+        // Partition data deleted behind the operator's back: sent again, so it is re-created.
+        if let Some(h) = live.get_mut(&1) {
+            h.partitions.partitions.clear();
+        }
+        assert!(needs_apply(&d.metadata, &live));
+    }
+
+    #[test]
+    fn a_topic_with_more_replicas_than_brokers_is_not_placed_and_keeps_its_data() {
+        let live: BTreeMap<i32, Holdings> = (0..2).map(|id| (id, empty(id))).collect();
+        let d = decide(
+            &cluster(2),
+            &brokers(2),
+            &[topic("orders", 1, 3), topic("clicks", 1, 1)],
+            &live,
+        );
+        let orders = &d.topics[0];
+        assert_eq!(
+            orders.error.as_deref(),
+            Some("replicas is 3 but Cluster `events` has 2 brokers")
+        );
+        assert_eq!(d.metadata.topics.len(), 1);
+        // Its data on a broker is not an orphan.
+        let mut h = empty(0);
+        h.partitions.partitions.push(pb::PartitionDescription {
+            topic: "orders".into(),
+            ..pb::PartitionDescription::default()
+        });
+        let live = BTreeMap::from([(0, h)]);
+        assert!(orphans(&d, &live).is_empty());
+    }
+
+    #[test]
+    fn data_no_topic_claims_is_an_orphan() {
+        let c = cluster(2);
+        let live: BTreeMap<i32, Holdings> = (0..2).map(|id| (id, empty(id))).collect();
+        let d = decide(&c, &brokers(2), &[topic("orders", 2, 1)], &live);
+        let with_old = pb::ClusterMetadata {
+            epoch: 1,
+            topics: vec![
+                d.metadata.topics[0].clone(),
+                pb::TopicMetadata {
+                    name: "deleted".into(),
+                    partitions: vec![pb::PartitionMetadata {
+                        partition: 0,
+                        leader: 1,
+                        replicas: vec![0, 1],
+                        isr: vec![0, 1],
+                        leader_epoch: 0,
+                    }],
+                    replication_factor: 2,
+                    config: None,
+                },
+            ],
+            ..d.metadata.clone()
+        };
+        let live: BTreeMap<i32, Holdings> =
+            (0..2).map(|id| (id, holding(id, &with_old, 3))).collect();
+        assert_eq!(
+            orphans(&d, &live),
+            vec![
+                (0, "deleted".to_string(), vec![0]),
+                (1, "deleted".to_string(), vec![0]),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_status_reports_what_the_leaders_hold() {
+        let c = cluster(2);
+        let mut t = topic("orders", 2, 2);
+        let live: BTreeMap<i32, Holdings> = (0..2).map(|id| (id, empty(id))).collect();
+        let d = decide(&c, &brokers(2), std::slice::from_ref(&t), &live);
+        // Not sent yet: no partition is served.
+        let s = topic_status(&t, &d.topics[0], &live, Timestamp::UNIX_EPOCH);
+        assert_eq!(s.conditions[0].status, "False");
+        assert_eq!(s.conditions[0].reason, "PartitionsOffline");
+
+        let sent = pb::ClusterMetadata {
+            epoch: 1,
+            ..d.metadata.clone()
+        };
+        let live: BTreeMap<i32, Holdings> = (0..2).map(|id| (id, holding(id, &sent, 7))).collect();
+        let s = topic_status(&t, &d.topics[0], &live, Timestamp::UNIX_EPOCH);
+        assert_eq!(s.topic_name.as_deref(), Some("orders"));
+        assert_eq!(s.conditions[0].status, "True");
+        assert_eq!(s.partitions.len(), 2);
+        for p in &s.partitions {
+            assert_eq!(
+                (p.log_end_offset, p.high_watermark, p.size_bytes),
+                (7, 7, 700)
+            );
+            assert_eq!(p.isr.len(), 2);
+        }
+        let totals = s.totals.clone().unwrap_or_default();
+        assert_eq!((totals.records, totals.size_bytes), (14, 1400));
+        assert_eq!(totals.under_replicated_partitions, 0);
+
+        // The next round starts from this status: the same decision (sticky, stable).
+        t.status = Some(s);
+        let again = decide(&c, &brokers(2), std::slice::from_ref(&t), &live);
+        assert_eq!(again.metadata, d.metadata);
+        assert!(!needs_apply(&again.metadata, &live));
+    }
+}
