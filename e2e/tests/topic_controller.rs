@@ -543,6 +543,45 @@ spec:
             .then(|| topic["status"]["totals"].to_string()))
     })?;
 
+    // Growing the storage: the StatefulSet's claim template cannot change (the API server
+    // forbids it), so the Cluster keeps reconciling and the bound claims are asked to grow.
+    ok(cp.kubectl(&[
+        "patch",
+        "clusters.runnel.dev",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--type",
+        "merge",
+        "--patch",
+        r#"{"spec":{"storage":{"size":"2Gi"}}}"#,
+    ]))?;
+    wait_for("the grown Cluster observed", &operator, || {
+        let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
+        if cluster["status"]["observedGeneration"] != cluster["metadata"]["generation"] {
+            return Ok(Some(format!(
+                "observed {}",
+                cluster["status"]["observedGeneration"]
+            )));
+        }
+        let sts = get(&cp, "statefulset", "events-broker")?.context("StatefulSet")?;
+        let size =
+            &sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"];
+        ensure!(size == "1Gi", "claim template changed: {size}");
+        Ok(None)
+    })?;
+    let failures = ok(cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--field-selector",
+        "reason=ReconcileFailed",
+        "-o",
+        "name",
+    ]))?;
+    ensure!(failures.trim().is_empty(), "reconcile failures: {failures}");
+
     // Deleting the Topic deletes its data on every broker.
     ok(cp.kubectl(&[
         "delete",

@@ -33,7 +33,8 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// A `runnel-broker --standalone` process on loopback.
+/// A `runnel-broker` process on loopback: `--standalone`, or in operator mode as a pod of a
+/// StatefulSet would run it ([`Broker::start_as_pod`]).
 #[derive(Debug)]
 pub struct Broker {
     child: Option<Child>,
@@ -46,11 +47,23 @@ pub struct Broker {
     log_path: PathBuf,
     extra: Vec<String>,
     port: u16,
+    /// `POD_NAME` in operator mode; `None` for a standalone broker.
+    pod_name: Option<String>,
 }
 
 impl Broker {
     /// Starts a broker on `data_dir` and waits until it serves.
     pub fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::launch(data_dir, extra, None)
+    }
+
+    /// Starts a broker in operator mode with the environment of the pod `pod_name` (its id is
+    /// the name's ordinal; `POD_IP` is 127.0.0.1): it serves only the metadata it is sent.
+    pub fn start_as_pod(data_dir: &Path, pod_name: &str) -> anyhow::Result<Self> {
+        Self::launch(data_dir, &[], Some(pod_name.to_string()))
+    }
+
+    fn launch(data_dir: &Path, extra: &[&str], pod_name: Option<String>) -> anyhow::Result<Self> {
         let port = free_port();
         let mut b = Broker {
             child: None,
@@ -60,6 +73,7 @@ impl Broker {
             log_path: data_dir.with_extension("log"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             port,
+            pod_name,
         };
         b.spawn()?;
         Ok(b)
@@ -72,8 +86,12 @@ impl Broker {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let child = Command::new(bin("runnel-broker"))
-            .arg("--standalone")
+        let mut command = Command::new(bin("runnel-broker"));
+        match &self.pod_name {
+            Some(pod) => command.env("POD_NAME", pod).env("POD_IP", "127.0.0.1"),
+            None => command.arg("--standalone"),
+        };
+        let child = command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")

@@ -138,6 +138,53 @@ pub fn config_map(cluster: &Cluster, owner: &OwnerReference) -> ConfigMap {
     }
 }
 
+/// A storage quantity in bytes (`10Gi`, `500M`, `1.5Ti`, `1000`), for comparing sizes.
+pub fn quantity_bytes(quantity: &str) -> Option<f64> {
+    let split = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
+/// The names of the bound data claims of a Cluster that are smaller than `size`.
+pub fn claims_to_grow(claims: &[PersistentVolumeClaim], size: &str) -> Vec<String> {
+    let Some(want) = quantity_bytes(size) else {
+        return Vec::new();
+    };
+    claims
+        .iter()
+        .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+        .filter(|c| {
+            c.spec
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+                .and_then(|q| quantity_bytes(&q.0))
+                .is_some_and(|have| have < want)
+        })
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
 /// Partitions that still have a replica on a broker with an id of `brokers` or more, as
 /// `topic-partition` names (empty: scaling down to `brokers` drops no replica).
 pub fn scale_down_blockers(brokers: i32, topics: &[Topic]) -> Vec<String> {
@@ -213,7 +260,16 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 
 /// The StatefulSet `NAME-broker`: `spec.brokers` replicas started in parallel, each with a
 /// volume claim `data` for its log and a gRPC readiness probe.
-pub fn statefulset(cluster: &Cluster, owner: &OwnerReference, replicas: i32) -> StatefulSet {
+///
+/// `replicas` is `spec.brokers` unless a scale-down is held back; `claim_size` is the volume
+/// claim template's size, which the API server does not let change once the StatefulSet exists
+/// (a grown `spec.storage.size` reaches the claims through [`claims_to_grow`] instead).
+pub fn statefulset(
+    cluster: &Cluster,
+    owner: &OwnerReference,
+    replicas: i32,
+    claim_size: &str,
+) -> StatefulSet {
     let name = cluster.name_any();
     let spec = &cluster.spec;
     let container = Container {
@@ -288,7 +344,7 @@ pub fn statefulset(cluster: &Cluster, owner: &OwnerReference, replicas: i32) -> 
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_string(),
-                    Quantity(spec.storage.size.clone()),
+                    Quantity(claim_size.to_string()),
                 )])),
                 ..VolumeResourceRequirements::default()
             }),
@@ -556,15 +612,23 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
         ..Findings::default()
     };
     // A scale-down waits while partitions still have replicas on the brokers that would go.
-    let running = statefulsets
+    let existing = statefulsets
         .get_opt(&sts_name)
         .await
         .map_err(|source| Error::Kube {
             action: format!("reading StatefulSet `{sts_name}`"),
             source,
-        })?
-        .and_then(|s| s.spec.replicas)
-        .unwrap_or(0);
+        })?;
+    let running = existing.as_ref().and_then(|s| s.spec.replicas).unwrap_or(0);
+    let claim_size = existing
+        .as_ref()
+        .and_then(|s| s.spec.volume_claim_templates.as_ref())
+        .and_then(|t| t.iter().find(|c| c.name_any() == DATA_VOLUME))
+        .and_then(|c| c.spec.as_ref())
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map_or_else(|| cluster.spec.storage.size.clone(), |q| q.0.clone());
     let mut replicas = cluster.spec.brokers;
     if running > replicas {
         let topics: Api<Topic> = Api::namespaced(client.clone(), &namespace);
@@ -603,7 +667,7 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
     }
     let sts = apply(
         &statefulsets,
-        &statefulset(cluster, &owner, replicas),
+        &statefulset(cluster, &owner, replicas, &claim_size),
         "StatefulSet",
         &sts_name,
     )
@@ -616,6 +680,8 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
         &sts_name,
     )
     .await?;
+
+    grow_claims(cluster, ctx, &namespace).await?;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pods = pods
@@ -663,6 +729,47 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
     }
     tracing::debug!(ready = new_status.ready_brokers, "reconciled");
     Ok(Action::requeue(RESYNC))
+}
+
+/// Asks for the grown `spec.storage.size` on every bound data claim that is smaller (the
+/// storage class must allow volume expansion; when it does not, the API server's refusal
+/// becomes a Warning Event).
+async fn grow_claims(cluster: &Cluster, ctx: &Context, namespace: &str) -> Result<(), Error> {
+    let name = cluster.name_any();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let list = claims
+        .list(&ListParams::default().labels(&selector(&name)))
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("listing the volume claims of Cluster `{name}`"),
+            source,
+        })?;
+    let size = &cluster.spec.storage.size;
+    for claim in claims_to_grow(&list.items, size) {
+        let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}});
+        match claims
+            .patch(&claim, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                ctx.inform(
+                    &cluster.object_ref(&()),
+                    "VolumeResized",
+                    format!("volume claim {claim} asked to grow to {size}"),
+                )
+                .await;
+            }
+            Err(e) => {
+                ctx.warn(
+                    &cluster.object_ref(&()),
+                    "VolumeResizeFailed",
+                    format!("volume claim {claim} cannot grow to {size}: {e}"),
+                )
+                .await;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The rack of each broker pod: the `key` label of the node it runs on.
@@ -762,7 +869,7 @@ mod tests {
         assert_owned(&cm.metadata);
         assert_owned(&headless_service(&c, &o).metadata);
         assert_owned(&client_service(&c, &o).metadata);
-        assert_owned(&statefulset(&c, &o, 3).metadata);
+        assert_owned(&statefulset(&c, &o, 3, "10Gi").metadata);
         assert_owned(&pod_disruption_budget(&c, &o).metadata);
     }
 
@@ -782,7 +889,7 @@ mod tests {
             Some("events")
         );
         assert_eq!(
-            statefulset(&c, &o, 3).metadata.name.as_deref(),
+            statefulset(&c, &o, 3, "10Gi").metadata.name.as_deref(),
             Some("events-broker")
         );
         assert_eq!(
@@ -822,7 +929,7 @@ mod tests {
     #[test]
     fn statefulset_follows_the_spec() {
         let mut c = cluster(4);
-        let sts = statefulset(&c, &owner(), c.spec.brokers).spec;
+        let sts = statefulset(&c, &owner(), c.spec.brokers, &c.spec.storage.size).spec;
         assert_eq!(sts.replicas, Some(4));
         assert_eq!(sts.service_name.as_deref(), Some("events-brokers"));
         assert_eq!(sts.pod_management_policy.as_deref(), Some("Parallel"));
@@ -885,7 +992,7 @@ mod tests {
         );
 
         c.spec.image = Some("example.org/runnel:dev".into());
-        let pod = statefulset(&c, &owner(), c.spec.brokers)
+        let pod = statefulset(&c, &owner(), c.spec.brokers, &c.spec.storage.size)
             .spec
             .template
             .spec
@@ -1082,5 +1189,52 @@ mod tests {
             "{}",
             c.message
         );
+    }
+
+    #[test]
+    fn quantities_compare_in_bytes() {
+        assert_eq!(quantity_bytes("1Gi"), Some(1073741824.0));
+        assert_eq!(quantity_bytes("1.5Ki"), Some(1536.0));
+        assert_eq!(quantity_bytes("500M"), Some(5e8));
+        assert_eq!(quantity_bytes("1000"), Some(1000.0));
+        assert_eq!(quantity_bytes("10Xi"), None);
+        assert!(quantity_bytes("1Gi") > quantity_bytes("1000M"));
+    }
+
+    fn claim(name: &str, size: &str, phase: &str) -> PersistentVolumeClaim {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"resources": {"requests": {"storage": size}}},
+            "status": {"phase": phase},
+        }))
+        .expect("claim")
+    }
+
+    #[test]
+    fn only_smaller_bound_claims_grow() {
+        let claims = [
+            claim("data-events-broker-0", "1Gi", "Bound"),
+            claim("data-events-broker-1", "2Gi", "Bound"),
+            claim("data-events-broker-2", "1Gi", "Pending"),
+            claim("data-events-broker-3", "3Gi", "Bound"),
+        ];
+        assert_eq!(claims_to_grow(&claims, "2Gi"), vec!["data-events-broker-0"]);
+        assert!(claims_to_grow(&claims, "1Gi").is_empty());
+    }
+
+    #[test]
+    fn the_claim_template_keeps_its_size() {
+        let mut c = cluster(3);
+        c.spec.storage.size = "20Gi".into();
+        let sts = statefulset(&c, &owner(), 3, "10Gi").spec;
+        let templates = sts.volume_claim_templates.unwrap_or_default();
+        let size = templates[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone());
+        assert_eq!(size.as_deref(), Some("10Gi"));
     }
 }
