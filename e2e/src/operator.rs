@@ -165,6 +165,19 @@ pub fn get(
     ))
 }
 
+/// `kubectl patch KIND NAME -n NAMESPACE --type merge --patch PATCH`.
+pub fn merge_patch(
+    cp: &ControlPlane,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    patch: &str,
+) -> anyhow::Result<String> {
+    ok(cp.kubectl(&[
+        "patch", kind, name, "-n", namespace, "--type", "merge", "--patch", patch,
+    ]))
+}
+
 /// Polls `check` until it returns `Ok(None)` (all good) or `timeout` passes; `check` returns
 /// `Ok(Some(why))` while the state is not there yet.
 pub fn eventually(

@@ -6,7 +6,7 @@
 //! `Ready` stays `False`.
 
 use anyhow::{ensure, Context};
-use runnel_e2e::operator::{ok, Operator};
+use runnel_e2e::operator::{merge_patch, ok, Operator};
 use runnel_e2e::ControlPlane;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -192,17 +192,13 @@ fn cluster_becomes_owned_objects_and_status() -> anyhow::Result<()> {
     );
 
     // Scale to 4 brokers: the StatefulSet follows.
-    ok(cp.kubectl(&[
-        "patch",
+    merge_patch(
+        &cp,
+        NAMESPACE,
         "clusters.runnel.dev",
         "events",
-        "-n",
-        NAMESPACE,
-        "--type",
-        "merge",
-        "--patch",
         r#"{"spec":{"brokers":4}}"#,
-    ]))?;
+    )?;
     let took = eventually("the StatefulSet scaled to 4", &operator, || {
         let sts = get(&cp, "statefulset", "events-broker")?.context("StatefulSet")?;
         Ok((sts["spec"]["replicas"] != 4).then(|| format!("replicas {}", sts["spec"]["replicas"])))
@@ -274,17 +270,13 @@ fn cluster_becomes_owned_objects_and_status() -> anyhow::Result<()> {
         lease["spec"]["holderIdentity"] != holder.as_str(),
         "{lease}"
     );
-    ok(cp.kubectl(&[
-        "patch",
+    merge_patch(
+        &cp,
+        NAMESPACE,
         "clusters.runnel.dev",
         "events",
-        "-n",
-        NAMESPACE,
-        "--type",
-        "merge",
-        "--patch",
         r#"{"spec":{"brokers":5}}"#,
-    ]))?;
+    )?;
     eventually(
         "the new leader scales the StatefulSet to 5",
         &second,

@@ -12,7 +12,7 @@
 //! data, and deleting a namespace whose Cluster is gone finishes.
 
 use anyhow::{bail, ensure, Context};
-use runnel_e2e::operator::{binary_next_to_tests, eventually, ok, Operator};
+use runnel_e2e::operator::{binary_next_to_tests, eventually, merge_patch, ok, Operator};
 use runnel_e2e::{ControlPlane, Options};
 use runnel_proto::v1::admin_client::AdminClient;
 use runnel_proto::v1::{DeletePartitionsRequest, DescribePartitionsRequest, PartitionDescription};
@@ -477,17 +477,13 @@ spec:
         &["produce", "clicks", "--key-separator", ":"],
         Some(&keyed_lines(300, "user")),
     )?;
-    ok(cp.kubectl(&[
-        "patch",
+    merge_patch(
+        &cp,
+        NAMESPACE,
         "clusters.runnel.dev",
         "events",
-        "-n",
-        NAMESPACE,
-        "--type",
-        "merge",
-        "--patch",
         r#"{"spec":{"brokers":2}}"#,
-    ]))?;
+    )?;
     wait_for("ScaleDownBlocked", &operator, || {
         let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
         let Some(c) = condition(&cluster, "ScaleDownBlocked") else {
@@ -522,17 +518,13 @@ spec:
         "name",
     ]))?;
     ensure!(!events.trim().is_empty(), "no ScaleDownBlocked Event");
-    ok(cp.kubectl(&[
-        "patch",
+    merge_patch(
+        &cp,
+        NAMESPACE,
         "clusters.runnel.dev",
         "events",
-        "-n",
-        NAMESPACE,
-        "--type",
-        "merge",
-        "--patch",
         &format!(r#"{{"spec":{{"brokers":{BROKERS}}}}}"#),
-    ]))?;
+    )?;
     wait_for("ScaleDownBlocked gone", &operator, || {
         let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
         Ok(condition(&cluster, "ScaleDownBlocked").map(|c| c.to_string()))
@@ -545,17 +537,13 @@ spec:
 
     // Growing the storage: the StatefulSet's claim template cannot change (the API server
     // forbids it), so the Cluster keeps reconciling and the bound claims are asked to grow.
-    ok(cp.kubectl(&[
-        "patch",
+    merge_patch(
+        &cp,
+        NAMESPACE,
         "clusters.runnel.dev",
         "events",
-        "-n",
-        NAMESPACE,
-        "--type",
-        "merge",
-        "--patch",
         r#"{"spec":{"storage":{"size":"2Gi"}}}"#,
-    ]))?;
+    )?;
     wait_for("the grown Cluster observed", &operator, || {
         let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
         if cluster["status"]["observedGeneration"] != cluster["metadata"]["generation"] {

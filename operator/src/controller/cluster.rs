@@ -12,7 +12,7 @@
 //! partitions wait, and the metadata controller moves them (a replica leaves only once a copy
 //! on a remaining broker is in sync).
 
-use super::{condition, Context, Error, FIELD_MANAGER};
+use super::{apply_status, condition, Context, Error, FIELD_MANAGER};
 use crate::broker_config;
 use crate::crd::{BrokerStatus, Cluster, ClusterStatus, Topic};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
@@ -710,22 +710,7 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
     });
     if current.as_ref() != Some(&new_status) {
         let clusters: Api<Cluster> = Api::namespaced(client, &namespace);
-        let patch = serde_json::json!({
-            "apiVersion": Cluster::api_version(&()),
-            "kind": Cluster::kind(&()),
-            "status": new_status,
-        });
-        clusters
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(|source| Error::Kube {
-                action: format!("updating the status of Cluster `{name}`"),
-                source,
-            })?;
+        apply_status(&clusters, &name, &new_status, FIELD_MANAGER).await?;
     }
     tracing::debug!(ready = new_status.ready_brokers, "reconciled");
     Ok(Action::requeue(RESYNC))

@@ -16,7 +16,7 @@
 //! The decisions are pure functions ([`decide`], [`needs_apply`], [`orphans`],
 //! [`topic_status`]); [`reconcile`] does the I/O.
 
-use super::{cluster, condition, Context, Error, FIELD_MANAGER};
+use super::{apply_status, cluster, condition, Context, Error, FIELD_MANAGER};
 use crate::assign::{assign, Assignment, BrokerSlot, TopicRequest};
 use crate::brokers::{BrokerConnection, Holdings};
 use crate::crd::{
@@ -707,42 +707,14 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
     for (topic, d) in active.iter().zip(&decision.topics) {
         let status = topic_status(topic, d, &holdings, now);
         if topic.status.as_ref() != Some(&status) {
-            let patch = serde_json::json!({
-                "apiVersion": Topic::api_version(&()),
-                "kind": Topic::kind(&()),
-                "status": status,
-            });
-            topics_api
-                .patch_status(
-                    &topic.name_any(),
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await
-                .map_err(kube_error(format!(
-                    "updating the status of Topic `{}`",
-                    topic.name_any()
-                )))?;
+            apply_status(&topics_api, &topic.name_any(), &status, FIELD_MANAGER).await?;
         }
     }
 
     if cluster.status.as_ref().and_then(|s| s.metadata_epoch) != Some(epoch) && epoch > 0 {
         let clusters: Api<Cluster> = Api::namespaced(client, &namespace);
-        let patch = serde_json::json!({
-            "apiVersion": Cluster::api_version(&()),
-            "kind": Cluster::kind(&()),
-            "status": { "metadataEpoch": epoch },
-        });
-        clusters
-            .patch_status(
-                &name,
-                &PatchParams::apply(EPOCH_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(kube_error(format!(
-                "recording the metadata epoch of Cluster `{name}`"
-            )))?;
+        let epoch_status = serde_json::json!({ "metadataEpoch": epoch });
+        apply_status(&clusters, &name, epoch_status, EPOCH_MANAGER).await?;
     }
     Ok(Action::requeue(ctx.status_interval))
 }

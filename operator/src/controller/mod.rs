@@ -43,6 +43,35 @@ pub fn condition(
     }
 }
 
+/// Server-side applies `status` (any serialisable value) to the status subresource of the
+/// `K` named `name`, as field manager `manager`.
+pub async fn apply_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    status: impl serde::Serialize,
+    manager: &str,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(manager).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Kube {
+        action: format!("updating the status of {} `{name}`", K::kind(&())),
+        source,
+    })
+}
+
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "runnel-operator";
 

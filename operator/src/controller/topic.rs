@@ -8,7 +8,7 @@
 //!   broker left to delete data from, and a namespace being deleted never hangs on it.
 
 use super::metadata::{topic_name, TOPIC_FINALIZER};
-use super::{condition, Context, Error, FIELD_MANAGER};
+use super::{apply_status, condition, Context, Error, FIELD_MANAGER};
 use crate::crd::{Cluster, Topic, TopicStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -119,22 +119,7 @@ async fn check_cluster(topic: &Topic, ctx: &Context) -> Result<Action, Error> {
     }
     let status = orphan_status(topic, Timestamp::now());
     if topic.status.as_ref() != Some(&status) {
-        let patch = serde_json::json!({
-            "apiVersion": Topic::api_version(&()),
-            "kind": Topic::kind(&()),
-            "status": status,
-        });
-        topics
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(|source| Error::Kube {
-                action: format!("updating the status of Topic `{name}`"),
-                source,
-            })?;
+        apply_status(&topics, &name, &status, FIELD_MANAGER).await?;
     }
     Ok(Action::await_change())
 }
