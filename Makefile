@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release run test fmt bench tools e2e-tools crds clean
+.PHONY: all build release run test fmt bench tools e2e-tools crds clean cluster cluster-down images
 
 all: build
 
@@ -10,11 +10,29 @@ all: build
 tools:
 	@scripts/check-tools.sh
 
-## The pinned Kubernetes and etcd binaries the operator's tests run against, built from their Go
-## modules and cached in ~/.cache/runnel (about 12 minutes cold, instant when cached).
+## What the end-to-end tests run: the pinned Kubernetes, etcd, containerd, crictl, CoreDNS and
+## helm binaries, built from their Go modules and cached in ~/.cache/runnel (about 22 minutes
+## cold, instant when cached), and the Debian packages of the local cluster's node (runc, CNI
+## plugins, iptables, nftables, openssl, umoci), installed when missing.
 e2e-tools:
 	@scripts/check-tools.sh --test
-	e2e/tools/build-tools.sh k8s etcd
+	e2e/cluster/runnel-cluster prepare
+
+## Runnel's container images without Docker: OCI archives of runnel-broker and runnel-operator
+## made with umoci from the release binaries (target/images/*.tar), imported into the local
+## cluster's containerd when it is up. Where Docker exists, the Dockerfile builds the same images.
+images: tools
+	CARGO="$(CARGO)" e2e/images/build-images.sh
+
+## A real single-node Kubernetes cluster on this host (no Docker): etcd, API server, controllers,
+## containerd + kubelet, kube-proxy, CoreDNS, a default StorageClass. About 20 minutes the first
+## time (it builds the pinned binaries), ~15 s after that. Prints `export KUBECONFIG=...`.
+cluster:
+	e2e/cluster/runnel-cluster up
+
+## Stops the local cluster and leaves the host as `make cluster` found it.
+cluster-down:
+	e2e/cluster/runnel-cluster down
 
 build: tools
 	$(CARGO) build --workspace --bins

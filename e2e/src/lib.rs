@@ -11,6 +11,7 @@
 //! ```
 
 mod control_plane;
+pub mod local_cluster;
 mod pki;
 mod process;
 

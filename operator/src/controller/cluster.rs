@@ -18,9 +18,9 @@ use crate::crd::{BrokerStatus, Cluster, ClusterStatus, Topic};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, GRPCAction,
-    Node, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodSpec,
-    PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Node, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -38,6 +38,8 @@ use std::time::Duration;
 
 /// The broker image when `spec.image` is unset: the one matching the operator's version.
 pub const DEFAULT_IMAGE: &str = concat!("runnel.dev/runnel-broker:", env!("CARGO_PKG_VERSION"));
+/// The non-root user (and group) of Runnel's images.
+pub const RUNNEL_UID: i64 = 65532;
 /// The brokers' gRPC port (clients and replication).
 pub const GRPC_PORT: i32 = 9092;
 /// The brokers' metrics port.
@@ -369,6 +371,14 @@ pub fn statefulset(
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    // The image's user; the volume is made writable for it on any storage.
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUNNEL_UID),
+                        run_as_group: Some(RUNNEL_UID),
+                        fs_group: Some(RUNNEL_UID),
+                        ..PodSecurityContext::default()
+                    }),
                     volumes: Some(vec![Volume {
                         name: "config".into(),
                         config_map: Some(ConfigMapVolumeSource {
