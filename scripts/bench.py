@@ -25,7 +25,7 @@ QUICK = os.environ.get("RUNNEL_BENCH_QUICK") == "1"
 REPEATS = 1 if QUICK else 3
 SCALE = 0.2 if QUICK else 1.0
 # The producer's default max_in_flight: the acks=all baseline keeps as many batches undurable.
-WINDOW = 16
+WINDOW = 48
 
 
 def free_port():

@@ -101,9 +101,11 @@ pub struct ProducerConfig {
     pub compression: Compression,
     /// Idempotent producer (producer id + sequence numbers; the broker drops duplicates).
     pub idempotent: bool,
-    /// Most batches outstanding per partition (pipelined on the connection). Default 16, not
-    /// Kafka's 5: an `acks=all` answer here waits for an fsync, so more batches must be in flight
-    /// to keep the disk busy; the broker remembers 64 batches per producer for deduplication.
+    /// Most batches outstanding per partition (pipelined on the connection). Default 48, not
+    /// Kafka's 5: an `acks=all` answer here waits for the data to be on disk, so the more
+    /// batches share one flush, the more a single producer writes (on the benchmark machine,
+    /// 1 KiB records went from ~150 MB/s with 16 to ~190 MB/s with 48). At most 64: the broker
+    /// remembers 64 batches per producer for deduplication, and 48 leaves a margin.
     pub max_in_flight: usize,
     /// Most resends of a batch; delivery is bounded by `delivery_timeout` as well.
     pub retries: u32,
@@ -145,7 +147,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             compression: Compression::None,
             idempotent: true,
-            max_in_flight: 16,
+            max_in_flight: 48,
             retries: u32::MAX,
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
@@ -1915,7 +1917,7 @@ mod tests {
         assert_eq!(c.batch_size, 64 * 1024);
         assert_eq!(c.linger, Duration::from_millis(5));
         assert!(c.idempotent);
-        assert_eq!(c.max_in_flight, 16);
+        assert_eq!(c.max_in_flight, 48);
         assert!(c.validate().is_ok());
         for max_in_flight in [0, MAX_IDEMPOTENT_IN_FLIGHT + 1] {
             let bad = ProducerConfig {
