@@ -275,11 +275,8 @@ async fn main() -> anyhow::Result<()> {
             owned.clone(),
             cluster_of_pod,
         )
-        .watches(
-            Api::<Topic>::all(client.clone()),
-            watcher::Config::default(),
-            cluster_of_topic,
-        )
+        // Topics are not watched here: their status changes with every offset refresh; a
+        // held-back scale-down looks at them again every status interval instead.
         .graceful_shutdown_on(stopped())
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
         .for_each(|r| log_result("Cluster", r));

@@ -723,6 +723,10 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
         apply_status(&clusters, &name, &new_status, FIELD_MANAGER).await?;
     }
     tracing::debug!(ready = new_status.ready_brokers, "reconciled");
+    if findings.held_at.is_some() {
+        // Partitions move off the brokers that would go as their copies catch up.
+        return Ok(Action::requeue(ctx.status_interval));
+    }
     Ok(Action::requeue(RESYNC))
 }
 
