@@ -103,18 +103,6 @@ pub enum Error {
         /// Its name.
         name: String,
     },
-    /// The broker configuration could not be rendered.
-    #[error("rendering the broker configuration of Cluster `{name}`: {source}")]
-    Config {
-        /// The Cluster's name.
-        name: String,
-        /// What the TOML encoder said.
-        #[source]
-        source: toml::ser::Error,
-    },
-    /// A broker could not be reached or refused a call.
-    #[error(transparent)]
-    Broker(#[from] crate::brokers::BrokerCallError),
 }
 
 impl Error {
@@ -124,8 +112,6 @@ impl Error {
             Error::Kube { .. } => "kube",
             Error::MissingNamespace { .. } => "missing_namespace",
             Error::MissingUid { .. } => "missing_uid",
-            Error::Config { .. } => "config",
-            Error::Broker(_) => "broker",
         }
     }
 }
