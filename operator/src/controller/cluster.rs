@@ -422,6 +422,12 @@ pub fn broker_id(statefulset: &str, pod: &str) -> Option<i32> {
         .ok()
 }
 
+/// `podIP:9092`, the broker's gRPC address, once the pod has an IP.
+pub fn broker_address(pod: &Pod) -> Option<String> {
+    let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
+    Some(format!("{ip}:{GRPC_PORT}"))
+}
+
 /// Whether a pod's `Ready` condition is true.
 pub fn pod_ready(pod: &Pod) -> bool {
     pod.status
@@ -467,14 +473,9 @@ pub fn status(
         .iter()
         .filter_map(|pod| {
             let id = broker_id(&sts_name, &pod.name_any())?;
-            let address = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.as_ref())
-                .map(|ip| format!("{ip}:{GRPC_PORT}"));
             Some(BrokerStatus {
                 id,
-                address,
+                address: broker_address(pod),
                 ready: pod_ready(pod),
                 rack: findings.racks.get(&id).cloned(),
             })

@@ -30,7 +30,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use runnel_proto::v1 as pb;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,21 +108,27 @@ impl Decision {
     }
 }
 
-/// The reports of one partition, by broker id.
-fn reports_of(
-    holdings: &BTreeMap<i32, Holdings>,
-    topic: &str,
-    partition: i32,
-) -> BTreeMap<i32, Report> {
-    holdings
-        .iter()
-        .filter_map(|(id, h)| {
-            h.partitions
-                .partitions
-                .iter()
-                .find(|p| p.topic == topic && p.partition == partition)
-                .map(|p| {
-                    (
+/// What the brokers that answered report, indexed by partition: built once per
+/// reconciliation, so that each lookup is a map access, not a scan over every broker's list
+/// (a Cluster may hold thousands of partitions).
+#[derive(Debug, Default)]
+pub struct Reports {
+    /// (topic, partition) → broker id → its copy.
+    by_partition: HashMap<(String, i32), BTreeMap<i32, Report>>,
+    /// The brokers that answered.
+    live: BTreeSet<i32>,
+}
+
+impl Reports {
+    /// Indexes `holdings` (broker id → what it holds).
+    pub fn new(holdings: &BTreeMap<i32, Holdings>) -> Self {
+        let mut by_partition: HashMap<(String, i32), BTreeMap<i32, Report>> = HashMap::new();
+        for (id, h) in holdings {
+            for p in &h.partitions.partitions {
+                by_partition
+                    .entry((p.topic.clone(), p.partition))
+                    .or_default()
+                    .insert(
                         *id,
                         Report {
                             log_start_offset: p.log_start_offset,
@@ -130,10 +136,25 @@ fn reports_of(
                             high_watermark: p.high_watermark,
                             size_bytes: p.size_bytes,
                         },
-                    )
-                })
-        })
-        .collect()
+                    );
+            }
+        }
+        Reports {
+            by_partition,
+            live: holdings.keys().copied().collect(),
+        }
+    }
+
+    /// The copies of one partition, by broker id.
+    fn of(&self, topic: &str, partition: i32) -> Option<&BTreeMap<i32, Report>> {
+        self.by_partition.get(&(topic.to_string(), partition))
+    }
+
+    /// Whether broker `id` reports holding the partition.
+    fn holds(&self, id: i32, topic: &str, partition: i32) -> bool {
+        self.of(topic, partition)
+            .is_some_and(|r| r.contains_key(&id))
+    }
 }
 
 /// The target replicas recorded in a Topic's status: its replicas without those being removed.
@@ -168,12 +189,12 @@ fn current_assignment(topics: &[(String, &Topic)]) -> Assignment {
 ///
 /// * `brokers`: every broker with a known address (its pod has an IP), by id, with its rack.
 /// * `topics`: the Cluster's Topics that are not being deleted.
-/// * `holdings`: what each broker that answered holds, by id (these are the live brokers).
+/// * `reports`: what the brokers that answered (the live ones) hold.
 pub fn decide(
     cluster: &Cluster,
     brokers: &[pb::BrokerInfo],
     topics: &[Topic],
-    holdings: &BTreeMap<i32, Holdings>,
+    reports: &Reports,
 ) -> Decision {
     let size = cluster.spec.brokers.max(0);
     let rack_of = |id: i32| {
@@ -188,7 +209,6 @@ pub fn decide(
             rack: rack_of(id),
         })
         .collect();
-    let live: BTreeSet<i32> = holdings.keys().copied().collect();
 
     // Topics the cluster can hold; the others get an error and keep their data.
     let mut decisions: Vec<TopicDecision> = Vec::new();
@@ -263,8 +283,8 @@ pub fn decide(
                 partition::plan(
                     target,
                     previous.get(&p).copied(),
-                    &reports_of(holdings, name, p),
-                    &live,
+                    reports.of(name, p).unwrap_or(&BTreeMap::new()),
+                    &reports.live,
                 )
             })
             .collect();
@@ -306,23 +326,23 @@ pub fn decide(
 
 /// Whether any live broker needs the metadata sent again: it holds other metadata, or it lacks
 /// a partition it should hold (its data was deleted behind the operator's back).
-pub fn needs_apply(desired: &pb::ClusterMetadata, holdings: &BTreeMap<i32, Holdings>) -> bool {
-    holdings.iter().any(|(id, h)| {
+pub fn needs_apply(
+    desired: &pb::ClusterMetadata,
+    holdings: &BTreeMap<i32, Holdings>,
+    reports: &Reports,
+) -> bool {
+    let other_metadata = holdings.values().any(|h| {
         let held = &h.metadata;
-        if held.epoch == 0 || held.brokers != desired.brokers || held.topics != desired.topics {
-            return true;
-        }
-        desired.topics.iter().any(|t| {
+        held.epoch == 0 || held.brokers != desired.brokers || held.topics != desired.topics
+    });
+    other_metadata
+        || desired.topics.iter().any(|t| {
             t.partitions.iter().any(|p| {
-                p.replicas.contains(id)
-                    && !h
-                        .partitions
-                        .partitions
-                        .iter()
-                        .any(|d| d.topic == t.name && d.partition == p.partition)
+                p.replicas.iter().any(|id| {
+                    reports.live.contains(id) && !reports.holds(*id, &t.name, p.partition)
+                })
             })
         })
-    })
 }
 
 /// Partition data a broker holds that nothing claims: a topic with no Topic (deleted, or
@@ -334,6 +354,16 @@ pub fn orphans(
     holdings: &BTreeMap<i32, Holdings>,
 ) -> Vec<(i32, String, Vec<i32>)> {
     let unplaced = decision.unplaced();
+    let replicas: HashMap<(&str, i32), &[i32]> = decision
+        .metadata
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| ((t.name.as_str(), p.partition), p.replicas.as_slice()))
+        })
+        .collect();
     let mut out = Vec::new();
     for (id, h) in holdings {
         let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
@@ -341,13 +371,9 @@ pub fn orphans(
             if unplaced.contains(d.topic.as_str()) {
                 continue;
             }
-            let claimed = decision
-                .metadata
-                .topics
-                .iter()
-                .find(|t| t.name == d.topic)
-                .and_then(|t| t.partitions.iter().find(|p| p.partition == d.partition))
-                .is_some_and(|p| p.replicas.contains(id));
+            let claimed = replicas
+                .get(&(d.topic.as_str(), d.partition))
+                .is_some_and(|r| r.contains(id));
             if !claimed {
                 by_topic.entry(&d.topic).or_default().push(d.partition);
             }
@@ -365,7 +391,7 @@ pub fn orphans(
 pub fn topic_status(
     topic: &Topic,
     decision: &TopicDecision,
-    holdings: &BTreeMap<i32, Holdings>,
+    reports: &Reports,
     now: Timestamp,
 ) -> TopicStatus {
     let previous: BTreeMap<i32, &PartitionStatus> = topic
@@ -382,11 +408,12 @@ pub fn topic_status(
             .iter()
             .zip(0..)
             .map(|(plan, p)| {
-                let reports = reports_of(holdings, &decision.name, p);
                 partition::status(
                     p,
                     plan,
-                    reports.get(&plan.leader),
+                    reports
+                        .of(&decision.name, p)
+                        .and_then(|r| r.get(&plan.leader)),
                     previous.get(&p).copied(),
                 )
             })
@@ -403,18 +430,10 @@ pub fn topic_status(
         ),
         offline_partitions: count(partitions.iter().filter(|p| p.leader.is_none())),
     };
-    let served = |plan: &Plan, p: i32| {
-        plan.leader >= 0
-            && holdings.get(&plan.leader).is_some_and(|h| {
-                h.partitions
-                    .partitions
-                    .iter()
-                    .any(|d| d.topic == decision.name && d.partition == p)
-            })
-    };
+    let served = |plan: &Plan, p: i32| reports.holds(plan.leader, &decision.name, p);
     let (ready, reason, message) = if let Some(error) = &decision.error {
         (false, "NotPlaced", error.clone())
-    } else if holdings.is_empty() {
+    } else if reports.live.is_empty() {
         (
             false,
             "NoBrokers",
@@ -488,11 +507,10 @@ fn pod_brokers(cluster: &Cluster, pods: &[Pod]) -> Vec<(pb::BrokerInfo, bool)> {
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|pod| {
             let id = cluster::broker_id(&sts, &pod.name_any())?;
-            let ip = pod.status.as_ref()?.pod_ip.clone()?;
             Some((
                 pb::BrokerInfo {
                     id,
-                    address: format!("{ip}:{}", cluster::GRPC_PORT),
+                    address: cluster::broker_address(pod)?,
                     rack: racks.get(&id).cloned().unwrap_or_default(),
                 },
                 cluster::pod_ready(pod),
@@ -631,14 +649,15 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
     let brokers = pod_brokers(cluster, &pods);
     let (mut holdings, connections) = observe(&brokers).await;
     let infos: Vec<pb::BrokerInfo> = brokers.iter().map(|(b, _)| b.clone()).collect();
-    let decision = decide(cluster, &infos, &active, &holdings);
+    let mut reports = Reports::new(&holdings);
+    let decision = decide(cluster, &infos, &active, &reports);
 
     let mut epoch = cluster
         .status
         .as_ref()
         .and_then(|s| s.metadata_epoch)
         .unwrap_or(0);
-    if !holdings.is_empty() && needs_apply(&decision.metadata, &holdings) {
+    if !holdings.is_empty() && needs_apply(&decision.metadata, &holdings, &reports) {
         let held = holdings
             .values()
             .map(|h| h.metadata.epoch)
@@ -668,6 +687,7 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
         refresh(&connections, &mut holdings).await;
+        reports = Reports::new(&holdings);
     }
 
     for (id, topic, partitions) in orphans(&decision, &holdings) {
@@ -705,7 +725,7 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
 
     let now = Timestamp::now();
     for (topic, d) in active.iter().zip(&decision.topics) {
-        let status = topic_status(topic, d, &holdings, now);
+        let status = topic_status(topic, d, &reports, now);
         if topic.status.as_ref() != Some(&status) {
             apply_status(&topics_api, &topic.name_any(), &status, FIELD_MANAGER).await?;
         }
@@ -821,7 +841,12 @@ mod tests {
     #[test]
     fn a_new_topic_is_placed_balanced_with_its_config_and_needs_sending() {
         let live: BTreeMap<i32, Holdings> = (0..3).map(|id| (id, empty(id))).collect();
-        let d = decide(&cluster(3), &brokers(3), &[topic("orders", 6, 2)], &live);
+        let d = decide(
+            &cluster(3),
+            &brokers(3),
+            &[topic("orders", 6, 2)],
+            &Reports::new(&live),
+        );
         assert_eq!(d.topics[0].error, None);
         let t = &d.metadata.topics[0];
         assert_eq!(
@@ -837,7 +862,7 @@ mod tests {
             *leaders.entry(p.leader).or_default() += 1;
         }
         assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
-        assert!(needs_apply(&d.metadata, &live));
+        assert!(needs_apply(&d.metadata, &live, &Reports::new(&live)));
     }
 
     #[test]
@@ -845,19 +870,19 @@ mod tests {
         let c = cluster(2);
         let topics = [topic("orders", 2, 1)];
         let live: BTreeMap<i32, Holdings> = (0..2).map(|id| (id, empty(id))).collect();
-        let d = decide(&c, &brokers(2), &topics, &live);
+        let d = decide(&c, &brokers(2), &topics, &Reports::new(&live));
         let sent = pb::ClusterMetadata {
             epoch: 1,
             ..d.metadata.clone()
         };
         let mut live: BTreeMap<i32, Holdings> =
             (0..2).map(|id| (id, holding(id, &sent, 5))).collect();
-        assert!(!needs_apply(&d.metadata, &live));
+        assert!(!needs_apply(&d.metadata, &live, &Reports::new(&live)));
         // Partition data deleted behind the operator's back: sent again, so it is re-created.
         if let Some(h) = live.get_mut(&1) {
             h.partitions.partitions.clear();
         }
-        assert!(needs_apply(&d.metadata, &live));
+        assert!(needs_apply(&d.metadata, &live, &Reports::new(&live)));
     }
 
     #[test]
@@ -867,7 +892,7 @@ mod tests {
             &cluster(2),
             &brokers(2),
             &[topic("orders", 1, 3), topic("clicks", 1, 1)],
-            &live,
+            &Reports::new(&live),
         );
         let orders = &d.topics[0];
         assert_eq!(
@@ -889,7 +914,12 @@ mod tests {
     fn data_no_topic_claims_is_an_orphan() {
         let c = cluster(2);
         let live: BTreeMap<i32, Holdings> = (0..2).map(|id| (id, empty(id))).collect();
-        let d = decide(&c, &brokers(2), &[topic("orders", 2, 1)], &live);
+        let d = decide(
+            &c,
+            &brokers(2),
+            &[topic("orders", 2, 1)],
+            &Reports::new(&live),
+        );
         let with_old = pb::ClusterMetadata {
             epoch: 1,
             topics: vec![
@@ -925,9 +955,19 @@ mod tests {
         let c = cluster(2);
         let mut t = topic("orders", 2, 2);
         let live: BTreeMap<i32, Holdings> = (0..2).map(|id| (id, empty(id))).collect();
-        let d = decide(&c, &brokers(2), std::slice::from_ref(&t), &live);
+        let d = decide(
+            &c,
+            &brokers(2),
+            std::slice::from_ref(&t),
+            &Reports::new(&live),
+        );
         // Not sent yet: no partition is served.
-        let s = topic_status(&t, &d.topics[0], &live, Timestamp::UNIX_EPOCH);
+        let s = topic_status(
+            &t,
+            &d.topics[0],
+            &Reports::new(&live),
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(s.conditions[0].status, "False");
         assert_eq!(s.conditions[0].reason, "PartitionsOffline");
 
@@ -936,7 +976,12 @@ mod tests {
             ..d.metadata.clone()
         };
         let live: BTreeMap<i32, Holdings> = (0..2).map(|id| (id, holding(id, &sent, 7))).collect();
-        let s = topic_status(&t, &d.topics[0], &live, Timestamp::UNIX_EPOCH);
+        let s = topic_status(
+            &t,
+            &d.topics[0],
+            &Reports::new(&live),
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(s.topic_name.as_deref(), Some("orders"));
         assert_eq!(s.conditions[0].status, "True");
         assert_eq!(s.partitions.len(), 2);
@@ -953,8 +998,13 @@ mod tests {
 
         // The next round starts from this status: the same decision (sticky, stable).
         t.status = Some(s);
-        let again = decide(&c, &brokers(2), std::slice::from_ref(&t), &live);
+        let again = decide(
+            &c,
+            &brokers(2),
+            std::slice::from_ref(&t),
+            &Reports::new(&live),
+        );
         assert_eq!(again.metadata, d.metadata);
-        assert!(!needs_apply(&again.metadata, &live));
+        assert!(!needs_apply(&again.metadata, &live, &Reports::new(&live)));
     }
 }
