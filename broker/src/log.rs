@@ -116,14 +116,14 @@ pub struct AppendOutcome {
 
 /// Batches with offsets assigned, not yet stored; see [`PartitionLog::reserve`].
 #[derive(Debug)]
-pub struct Reservation {
+pub struct Reservation<B> {
     /// What the append will answer.
     pub outcome: AppendOutcome,
     /// (base offset, next offset, patched batch bytes) to store.
-    writes: Vec<(i64, i64, Vec<u8>)>,
+    writes: Vec<(i64, i64, B)>,
 }
 
-impl Reservation {
+impl<B> Reservation<B> {
     /// True when every batch was a duplicate: there is nothing to store.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
@@ -346,7 +346,7 @@ impl<L: BatchLog> PartitionLog<L> {
         batches: &[Bytes],
         config: &LogConfig,
         now_ms: i64,
-    ) -> Result<Reservation, LogError> {
+    ) -> Result<Reservation<L::Buf>, LogError> {
         if batches.is_empty() {
             return Err(LogError::EmptyProduce);
         }
@@ -392,12 +392,12 @@ impl<L: BatchLog> PartitionLog<L> {
                 }
             }
             let base = state.log_end_offset;
-            let mut batch = bytes.to_vec();
-            codec::set_base_offset(&mut batch, base);
+            let mut batch = L::buffer(bytes);
+            codec::set_base_offset(batch.as_mut(), base);
             if config.log_append_time {
-                codec::set_log_append_time(&mut batch, now_ms)?;
+                codec::set_log_append_time(batch.as_mut(), now_ms)?;
             }
-            let stored = codec::read_header(&batch)?;
+            let stored = codec::read_header(batch.as_ref())?;
             if h.producer_id != NO_PRODUCER_ID {
                 state
                     .producers
@@ -406,8 +406,9 @@ impl<L: BatchLog> PartitionLog<L> {
                     .record(h, base);
             }
             state.log_end_offset = stored.next_offset();
-            state.size_bytes += batch.len() as u64;
-            state.index.push_back(BatchMeta::of(&stored, batch.len()));
+            let len = batch.as_ref().len();
+            state.size_bytes += len as u64;
+            state.index.push_back(BatchMeta::of(&stored, len));
             first.get_or_insert(base);
             last = stored.last_offset();
             writes.push((base, stored.next_offset(), batch));
@@ -427,12 +428,12 @@ impl<L: BatchLog> PartitionLog<L> {
     /// Stores reserved batches. On failure the partition's high watermark stops below them
     /// (nothing after them becomes visible or acknowledged), as a Kafka partition whose log
     /// directory failed goes offline.
-    pub fn write(&self, reservation: Reservation) -> Result<AppendOutcome, LogError> {
-        for (base, next, batch) in &reservation.writes {
-            self.store.put(*base, batch)?;
+    pub fn write(&self, reservation: Reservation<L::Buf>) -> Result<AppendOutcome, LogError> {
+        for (base, next, batch) in reservation.writes {
+            self.store.put(base, batch)?;
             let mut s = self.state.lock();
-            if *base == s.stored_end {
-                s.stored_end = *next;
+            if base == s.stored_end {
+                s.stored_end = next;
                 loop {
                     let end = s.stored_end;
                     match s.stored_out_of_order.remove(&end) {
@@ -441,7 +442,7 @@ impl<L: BatchLog> PartitionLog<L> {
                     }
                 }
             } else {
-                s.stored_out_of_order.insert(*base, *next);
+                s.stored_out_of_order.insert(base, next);
             }
         }
         Ok(reservation.outcome)

@@ -213,10 +213,15 @@ pub struct ProducerRecord {
 impl ProducerRecord {
     /// A record with a value and nothing else.
     pub fn new(topic: impl Into<Arc<str>>, value: impl Into<Bytes>) -> Self {
+        // Every field spelled out: `..Default::default()` would make a default `Arc<str>` (a
+        // shared empty one, reference-counted) only to drop it, twice per record on hot paths.
         ProducerRecord {
             topic: topic.into(),
+            partition: None,
+            key: None,
             value: Some(value.into()),
-            ..Default::default()
+            headers: Vec::new(),
+            timestamp: None,
         }
     }
 
@@ -402,6 +407,8 @@ struct Batch {
     base_sequence: i32,
     shared: Arc<BatchShared>,
     created: Instant,
+    /// The wall clock when the batch was opened, in ms since the epoch.
+    created_ms: i64,
     /// Enqueue instants for the latency histogram (empty unless enabled).
     enqueued: Vec<Instant>,
     /// Bytes counted in `buffered` while sealed and unresolved.
@@ -538,8 +545,22 @@ impl Shared {
                 if !batch.enqueued.is_empty() {
                     let now = Instant::now();
                     let mut h = lock(h);
+                    // Records were enqueued in order, many within the same microsecond: equal
+                    // latencies are recorded together.
+                    let mut run: Option<(u64, u64)> = None;
                     for t in &batch.enqueued {
-                        h.saturating_record(now.saturating_duration_since(*t).as_micros() as u64);
+                        let us = now.saturating_duration_since(*t).as_micros() as u64;
+                        run = match run {
+                            Some((v, n)) if v == us => Some((v, n + 1)),
+                            Some((v, n)) => {
+                                h.saturating_record_n(v, n);
+                                Some((us, 1))
+                            }
+                            None => Some((us, 1)),
+                        };
+                    }
+                    if let Some((v, n)) = run {
+                        h.saturating_record_n(v, n);
                     }
                 }
             }
@@ -814,12 +835,20 @@ impl Producer {
                     wake = true;
                 }
             }
-            let timestamp = record.timestamp.unwrap_or_else(now_ms);
+            // One clock read per record: a batch notes the wall clock once when it opens, and
+            // its records' create times follow the monotonic clock from there (a batch lives
+            // for milliseconds, so the two cannot drift apart in between).
+            let now = Instant::now();
             let topic_acc = &mut acc.topics[ti];
             let slot = &mut topic_acc.partitions[pi];
             if slot.is_none() {
                 let capacity = config.batch_size.max(size);
-                let builder = BatchBuilder::with_capacity(config.compression, timestamp, capacity);
+                let opened_ms = now_ms();
+                let builder = BatchBuilder::with_capacity(
+                    config.compression,
+                    record.timestamp.unwrap_or(opened_ms),
+                    capacity,
+                );
                 *slot = Some(Batch {
                     topic: topic_acc.name.clone(),
                     partition,
@@ -828,8 +857,13 @@ impl Producer {
                     records: 0,
                     base_sequence: NO_SEQUENCE,
                     shared: Arc::new(BatchShared::new(topic_acc.name.clone(), partition)),
-                    created: Instant::now(),
-                    enqueued: Vec::new(),
+                    created: now,
+                    created_ms: opened_ms,
+                    enqueued: if config.latency.is_some() {
+                        Vec::with_capacity(capacity / size.max(1) + 1)
+                    } else {
+                        Vec::new()
+                    },
                     accounted: 0,
                     attempts: 0,
                     last_error: None,
@@ -844,6 +878,9 @@ impl Producer {
             let Some(builder) = batch.builder.as_mut() else {
                 return Err(Error::Protocol("open batch without a builder".into()));
             };
+            let timestamp = record.timestamp.unwrap_or_else(|| {
+                batch.created_ms + now.saturating_duration_since(batch.created).as_millis() as i64
+            });
             builder.append(
                 timestamp,
                 record.key.as_deref(),
@@ -853,7 +890,7 @@ impl Producer {
             let index = batch.records as u32;
             batch.records += 1;
             if config.latency.is_some() {
-                batch.enqueued.push(Instant::now());
+                batch.enqueued.push(now);
             }
             let fut = DeliveryFuture {
                 batch: batch.shared.clone(),
@@ -1717,6 +1754,34 @@ mod tests {
         );
         let buffered: usize = sealed.iter().map(|b| b.2).sum();
         assert_eq!(p.inner.shared.buffered.load(Ordering::Acquire), buffered);
+    }
+
+    #[test]
+    fn records_get_the_wall_clock_create_time_unless_they_carry_one() {
+        let p = offline_producer(ProducerConfig::new("127.0.0.1:1"), &[("t", 1)]);
+        let before = now_ms();
+        let (a, b, c) = block_on(async {
+            let a = p.send(ProducerRecord::new("t", "a")).await.expect("send");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let b = p.send(ProducerRecord::new("t", "b")).await.expect("send");
+            let mut own = ProducerRecord::new("t", "c");
+            own.timestamp = Some(1_234);
+            let c = p.send(own).await.expect("send");
+            (a, b, c)
+        });
+        let after = now_ms();
+        assert!(
+            (before..=after).contains(&a.timestamp),
+            "{before} <= {} <= {after}",
+            a.timestamp
+        );
+        assert!(
+            b.timestamp >= a.timestamp + 30 && b.timestamp <= after,
+            "the second record was sent 30 ms later: {} then {} (done at {after})",
+            a.timestamp,
+            b.timestamp
+        );
+        assert_eq!(c.timestamp, 1_234, "an explicit timestamp is kept");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use clap::Parser;
-use runnel_broker::storage::{BatchLog, SledStorage, Storage};
+use runnel_broker::storage::{BatchLog, SledLog, SledStorage, Storage};
 use runnel_codec::{BatchBuilder, Compression};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -101,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         runnel_codec::set_base_offset(&mut buf, offset);
-        log.put(offset, &buf)?;
+        log.put(offset, SledLog::buffer(&buf))?;
         batches += 1;
         progress
             .counts

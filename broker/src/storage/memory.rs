@@ -20,10 +20,14 @@ pub struct MemoryStorage {
 pub struct MemoryLog(Batches);
 
 impl BatchLog for MemoryLog {
-    fn put(&self, base_offset: i64, batch: &[u8]) -> Result<(), StorageError> {
-        self.0
-            .lock()
-            .insert(base_offset, Bytes::copy_from_slice(batch));
+    type Buf = Vec<u8>;
+
+    fn buffer(batch: &[u8]) -> Vec<u8> {
+        batch.to_vec()
+    }
+
+    fn put(&self, base_offset: i64, batch: Vec<u8>) -> Result<(), StorageError> {
+        self.0.lock().insert(base_offset, Bytes::from(batch));
         Ok(())
     }
 

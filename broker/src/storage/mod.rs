@@ -10,8 +10,8 @@ use bytes::Bytes;
 mod memory;
 mod sled_store;
 
-pub use memory::MemoryStorage;
-pub use sled_store::SledStorage;
+pub use memory::{MemoryLog, MemoryStorage};
+pub use sled_store::{SledLog, SledStorage};
 
 /// A storage failure; always a broker-side fault, never the client's.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +29,14 @@ pub enum StorageError {
 
 /// One partition's ordered batches, keyed by base offset.
 pub trait BatchLog: Send + Sync + 'static {
+    /// A batch in the form this storage keeps it: the broker copies a received batch into one
+    /// with [`Self::buffer`], patches its offsets in place and hands it to [`Self::put`], so the
+    /// bytes are copied once on their way in.
+    type Buf: AsRef<[u8]> + AsMut<[u8]> + Send + std::fmt::Debug + 'static;
+    /// Copies `batch` into a buffer for [`Self::put`].
+    fn buffer(batch: &[u8]) -> Self::Buf;
     /// Stores a batch under its base offset (the bytes already carry that base offset).
-    fn put(&self, base_offset: i64, batch: &[u8]) -> Result<(), StorageError>;
+    fn put(&self, base_offset: i64, batch: Self::Buf) -> Result<(), StorageError>;
     /// Reads batches in offset order, starting with the one whose base offset is `from_base`,
     /// until `max_bytes` is reached (at least one batch is returned when any exists) or a batch
     /// starts at or after `end` (exclusive).
@@ -86,7 +92,8 @@ pub(crate) mod contract {
         let log = storage.open_log("orders", 0).expect("open");
         assert!(log.scan().expect("scan").is_empty());
         for base in [0, 10, 20, 30] {
-            log.put(base, &batch(base, 100)).expect("put");
+            log.put(base, S::Log::buffer(&batch(base, 100)))
+                .expect("put");
         }
         // Reads start at the requested batch and respect the end bound.
         let got = log.read(10, 30, usize::MAX).expect("read");
@@ -102,7 +109,7 @@ pub(crate) mod contract {
         assert_eq!(bases, vec![10, 20, 30]);
         // Logs are independent and listed.
         let other = storage.open_log("orders", 1).expect("open");
-        other.put(0, &batch(0, 10)).expect("put");
+        other.put(0, S::Log::buffer(&batch(0, 10))).expect("put");
         let mut logs = storage.list_logs().expect("list");
         logs.sort();
         assert_eq!(
@@ -138,7 +145,7 @@ pub(crate) mod contract {
         {
             let s = SledStorage::open(dir.path()).expect("open");
             let log = s.open_log("t", 2).expect("open");
-            log.put(5, &batch(5, 64)).expect("put");
+            log.put(5, SledLog::buffer(&batch(5, 64))).expect("put");
             s.put_meta("m", b"1").expect("meta");
             s.flush().expect("flush");
         }

@@ -64,7 +64,13 @@ impl SledStorage {
 }
 
 impl BatchLog for SledLog {
-    fn put(&self, base_offset: i64, batch: &[u8]) -> Result<(), StorageError> {
+    type Buf = sled::IVec;
+
+    fn buffer(batch: &[u8]) -> sled::IVec {
+        sled::IVec::from(batch)
+    }
+
+    fn put(&self, base_offset: i64, batch: sled::IVec) -> Result<(), StorageError> {
         self.0.insert(key(base_offset), batch)?;
         Ok(())
     }

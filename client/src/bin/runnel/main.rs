@@ -459,7 +459,8 @@ async fn produce(bootstrap: &str, output: Output, args: ProduceArgs) -> Result<(
                 partition: args.partition,
                 key,
                 value: Some(value),
-                ..Default::default()
+                headers: Vec::new(),
+                timestamp: None,
             })
             .await?;
         count += 1;
