@@ -505,35 +505,48 @@ current-context: runnel-e2e
 }
 
 fn run_kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output, Error> {
-    let kubectl = kubectl_binary();
-    let mut command = Command::new(&kubectl);
+    let mut command = Command::new(kubectl_binary());
     command
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
         .args(args)
         // kubectl's discovery cache goes to $HOME/.kube/cache by default; keep it per control plane.
-        .env("KUBECACHEDIR", kubeconfig.with_file_name("kube-cache"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .env("KUBECACHEDIR", kubeconfig.with_file_name("kube-cache"));
+    run_command(command, format!("kubectl {}", args.join(" ")), stdin)
+}
+
+/// Runs `command` to its end with `stdin` (or nothing) as its input, capturing what it prints;
+/// `description` names it in the [`Output`] and in errors. A failing exit status is not an
+/// error here: callers check [`Output::success`].
+pub fn run_command(
+    mut command: Command,
+    description: String,
+    stdin: Option<&str>,
+) -> Result<Output, Error> {
+    command
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
-        });
-    let spawn_error = |source| Error::Spawn {
-        program: kubectl.display().to_string(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|source| Error::Spawn {
+        program: command.get_program().to_string_lossy().into_owned(),
         source,
-    };
-    let mut child = command.spawn().map_err(spawn_error)?;
+    })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A kubectl that exits early closes the pipe; its exit status tells the story.
+        // A program that exits early closes the pipe; its exit status tells the story.
         let _ = pipe.write_all(text.as_bytes());
     }
-    let output = child.wait_with_output().map_err(spawn_error)?;
+    let out = child.wait_with_output().map_err(|source| Error::Io {
+        context: format!("waiting for {description}"),
+        source,
+    })?;
     Ok(Output {
-        command: format!("kubectl {}", args.join(" ")),
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        command: description,
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
 

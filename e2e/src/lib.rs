@@ -17,7 +17,7 @@ mod process;
 
 pub mod operator;
 
-pub use control_plane::{ControlPlane, Options, Output};
+pub use control_plane::{run_command, ControlPlane, Options, Output};
 
 use std::path::PathBuf;
 

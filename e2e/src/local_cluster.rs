@@ -14,7 +14,7 @@
 //! assert!(nodes.success(), "{nodes}");
 //! ```
 
-use crate::{kubectl_binary, runnel_home, Error, Output};
+use crate::{kubectl_binary, run_command, runnel_home, Error, Output};
 use rustix::fs::{flock, FlockOperation};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -174,7 +174,7 @@ impl LocalCluster {
         let mut command = Command::new(&kubectl);
         command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
         let description = format!("kubectl {}", args.join(" "));
-        run(command, description, stdin).unwrap_or_else(|e| panic!("{e}"))
+        run_command(command, description, stdin).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Stops the cluster (`runnel-cluster down`), whoever started it, and releases the lock.
@@ -202,7 +202,7 @@ impl Drop for LocalCluster {
 fn run_tool(subcommand: &str) -> Result<Output, Error> {
     let mut command = Command::new(cluster_tool());
     command.arg(subcommand);
-    let output = run(command, format!("runnel-cluster {subcommand}"), None)?;
+    let output = run_command(command, format!("runnel-cluster {subcommand}"), None)?;
     if output.success() {
         Ok(output)
     } else {
@@ -212,37 +212,4 @@ fn run_tool(subcommand: &str) -> Result<Output, Error> {
             stderr: format!("{}{}", output.stdout, output.stderr),
         })
     }
-}
-
-fn run(mut command: Command, description: String, stdin: Option<&str>) -> Result<Output, Error> {
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let program = command.get_program().to_string_lossy().into_owned();
-    let mut child = command.spawn().map_err(|source| Error::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|source| Error::Io {
-                context: format!("writing to {description}"),
-                source,
-            })?;
-    }
-    let out = child.wait_with_output().map_err(|source| Error::Io {
-        context: format!("waiting for {description}"),
-        source,
-    })?;
-    Ok(Output {
-        command: description,
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
 }

@@ -12,7 +12,7 @@
 use anyhow::{bail, ensure, Context};
 use runnel_e2e::local_cluster::{LocalCluster, STORAGE_CLASS};
 use runnel_e2e::operator::binary_next_to_tests;
-use std::io::Write;
+use runnel_e2e::run_command;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -441,30 +441,18 @@ fn cli(
         .arg("60")
         .arg(runnel)
         .args(["--bootstrap", bootstrap])
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
+        .args(args);
+    let out = run_command(command, format!("runnel {}", args.join(" ")), stdin)
         .with_context(|| format!("running {} (timeout from coreutils)", runnel.display()))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
     ensure!(
-        out.status.success(),
-        "runnel {} exited with {}:\n{}{}",
-        args.join(" "),
+        out.success(),
+        "{} exited with {}:\n{}{}",
+        out.command,
         out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.stdout,
+        out.stderr
     );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 /// Reads `count` records of `topic` from the beginning.
