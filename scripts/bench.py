@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -34,6 +35,29 @@ def free_port():
         return s.getsockname()[1]
 
 
+def machine_cpu():
+    """(busy, total) clock ticks of all cores since boot, from /proc/stat; idle and iowait are not busy."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+def children_cpu():
+    """CPU seconds (user + system) of every child process waited for so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measured(run):
+    """Calls `run()` and returns its result, the CPU seconds of the child processes it waited for, and
+    how many cores of the machine were busy on average meanwhile (all processes, kernel threads too)."""
+    m0, c0 = machine_cpu(), children_cpu()
+    res = run()
+    m1, c1 = machine_cpu(), children_cpu()
+    busy = (m1[0] - m0[0]) / max(1, m1[1] - m0[1]) * (os.cpu_count() or 1)
+    return res, c1 - c0, busy
+
+
 class Broker:
     def __init__(self, workdir):
         self.data = tempfile.mkdtemp(prefix="broker-", dir=workdir)
@@ -52,6 +76,12 @@ class Broker:
                     raise SystemExit("runnel-broker exited at start; see broker.log")
                 time.sleep(0.05)
         raise SystemExit("runnel-broker did not start")
+
+    def cpu_seconds(self):
+        """CPU seconds (user + system, all threads) the broker has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         self.proc.terminate()
@@ -133,7 +163,8 @@ def produce_once(workdir, size, acks, producers, records, extra=()):
         cmd = ["bench", "produce", "--topic", "bench", "--partitions", str(max(1, producers)),
                "--records", str(records), "--record-size", str(size), "--acks", acks,
                "--producers", str(producers), *extra]
-        res = runnel(b.addr, *cmd)
+        res, client_cpu, busy = measured(lambda: runnel(b.addr, *cmd))
+        res["cpu"] = {"client": client_cpu, "broker": b.cpu_seconds(), "cores_busy": busy}
         res["command"] = "runnel " + " ".join(cmd)
         if not extra:
             c = runnel(b.addr, "bench", "consume", "--topic", "bench", "--records", str(records))
@@ -149,8 +180,9 @@ def baseline_once(workdir, size, records, window=None):
     try:
         cmd = [os.path.join(BIN, "runnel-storage-bench"), "--data-dir", d, "--records", str(records),
                "--record-size", str(size)] + (["--window", str(window)] if window else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        out, cpu, busy = measured(lambda: subprocess.run(cmd, check=True, capture_output=True, text=True))
         res = json.loads(out.stdout.strip().splitlines()[-1])
+        res["cpu"] = {"baseline": cpu, "cores_busy": busy}
         res["command"] = "runnel-storage-bench " + " ".join(cmd[2:]).replace(d, "DIR")
         return res
     finally:
@@ -174,6 +206,11 @@ def machine():
     except OSError:
         pass
     return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def per_m(seconds, records):
+    """CPU seconds per million records."""
+    return seconds / max(1, records) * 1e6
 
 
 def ms(p):
@@ -234,20 +271,28 @@ def main():
                "its runs (baseline, broker; broker, baseline; ...), so that both meet the same state of the disk; its "
                "*vs baseline* is its median over the median of those. This table pools all baseline runs of a record "
                "size and policy: medians, and the range over all runs.\n")
-    out.append("| record size | policy | records | records/s | range | MB/s | command |")
-    out.append("| --- | --- | --- | --- | --- | --- | --- |")
+    out.append("*CPU s / M records* is the CPU time (user + system, all threads) of the baseline process per million "
+               "records in the median run; *cores busy* is how many of the machine's cores were busy on average during "
+               "that run, counting every process and the kernel's own threads (writeback).\n")
+    out.append("| record size | policy | records | records/s | range | MB/s | CPU s / M records | cores busy | command |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size in base:
         for policy, r in (("acks=all", base_w[size]), ("raw", base[size])):
-            out.append(f"| {size} B | {policy} | {r['records']:,} | {r['records_per_sec']:,.0f} | {rng(r)} | {r['mb_per_sec']:.1f} | `{r['command']}` |")
+            out.append(f"| {size} B | {policy} | {r['records']:,} | {r['records_per_sec']:,.0f} | {rng(r)} | {r['mb_per_sec']:.1f} | "
+                       f"{per_m(r['cpu']['baseline'], r['records']):.2f} | {r['cpu']['cores_busy']:.2f} | `{r['command']}` |")
     out.append("\n## Broker: produce (and consume back)\n")
-    out.append(f"Medians of {REPEATS} runs (the run with the median records/s; its latencies); the range is over all runs.\n")
-    out.append("| record size | acks | producers | records/s | range | MB/s | its baseline records/s | vs baseline | ack p50 / p99 / p99.9 ms | consume records/s | command |")
-    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    out.append(f"Medians of {REPEATS} runs (the run with the median records/s; its latencies and CPU); the range is over all runs. "
+               "*CPU s / M records* is the CPU time of the producing client and of the broker per million records "
+               "(the broker's up to the end of the produce run, before the consume); *cores busy* as above.\n")
+    out.append("| record size | acks | producers | records/s | range | MB/s | its baseline records/s | vs baseline | ack p50 / p99 / p99.9 ms | CPU s / M records: client + broker | cores busy | consume records/s | command |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size, acks, producers, r in rows:
         ratio = r["records_per_sec"] / r["baseline"]["records_per_sec"]
         c = r.get("consume", {})
         out.append(f"| {size} B | {acks} | {producers} | {r['records_per_sec']:,.0f} | {rng(r)} | {r['mb_per_sec']:.1f} | "
-                   f"{r['baseline']['records_per_sec']:,.0f} | {ratio:.0%} | {ms(r['ack_latency_ms'])} | {c.get('records_per_sec', 0):,.0f} | `{r['command']}` |")
+                   f"{r['baseline']['records_per_sec']:,.0f} | {ratio:.0%} | {ms(r['ack_latency_ms'])} | "
+                   f"{per_m(r['cpu']['client'], r['records']):.2f} + {per_m(r['cpu']['broker'], r['records']):.2f} | "
+                   f"{r['cpu']['cores_busy']:.2f} | {c.get('records_per_sec', 0):,.0f} | `{r['command']}` |")
     out.append("\n## End-to-end latency at half the target rate (acks=all, one producer)\n")
     out.append("Each run separately; the e2e p99 must be below 20 ms in every one. These run before the throughput "
                "cases: sled deletes a blob file for every large node it rewrites, and on this disk (mounted with online "
@@ -258,8 +303,18 @@ def main():
     for size, rate, r in e2e:
         out.append(f"| {size} B | {rate:,} | {r['records_per_sec']:,.0f} | {ms(r['ack_latency_ms'])} | "
                    f"{ms(r['e2e_latency_ms'])} | `{r['command']}` |")
-    out.append("\n## Targets (issue: broker data plane)\n")
     one_all = {size: r for size, acks, p, r in rows if acks == "all" and p == 1}
+    out.append("\n## Where the CPU goes (acks=all, one producer)\n")
+    out.append("The baseline's work (sled's inserts, its io threads, flushes) is all the broker must do too; "
+               "the broker run adds the producing client and the broker's gRPC path, on the same cores. "
+               "Medians of the runs above.\n")
+    out.append("| record size | baseline CPU s / M records | its cores busy | client CPU s / M records | broker CPU s / M records | broker run cores busy | client + broker over baseline CPU |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for size in (100, 1024):
+        r, b = one_all[size], one_all[size]["baseline"]
+        bc, cc, kc = per_m(b["cpu"]["baseline"], b["records"]), per_m(r["cpu"]["client"], r["records"]), per_m(r["cpu"]["broker"], r["records"])
+        out.append(f"| {size} B | {bc:.2f} | {b['cpu']['cores_busy']:.2f} | {cc:.2f} | {kc:.2f} | {r['cpu']['cores_busy']:.2f} | {(cc + kc) / bc:.2f}× |")
+    out.append("\n## Targets (issue: broker data plane)\n")
     checks = [
         ("100-byte records, one producer, acks=all (median)", f"{one_all[100]['records_per_sec']:,.0f} records/s (runs: {rng(one_all[100])})",
          "≥ 500,000 records/s", one_all[100]["records_per_sec"] >= 500_000),
