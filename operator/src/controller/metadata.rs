@@ -113,8 +113,9 @@ impl Decision {
 /// (a Cluster may hold thousands of partitions).
 #[derive(Debug, Default)]
 pub struct Reports {
-    /// (topic, partition) → broker id → its copy.
-    by_partition: HashMap<(String, i32), BTreeMap<i32, Report>>,
+    /// topic → partition → broker id → its copy (keyed by topic first, so that a lookup by
+    /// `&str` allocates nothing).
+    by_partition: HashMap<String, HashMap<i32, BTreeMap<i32, Report>>>,
     /// The brokers that answered.
     live: BTreeSet<i32>,
 }
@@ -122,11 +123,13 @@ pub struct Reports {
 impl Reports {
     /// Indexes `holdings` (broker id → what it holds).
     pub fn new(holdings: &BTreeMap<i32, Holdings>) -> Self {
-        let mut by_partition: HashMap<(String, i32), BTreeMap<i32, Report>> = HashMap::new();
+        let mut by_partition: HashMap<String, HashMap<i32, BTreeMap<i32, Report>>> = HashMap::new();
         for (id, h) in holdings {
             for p in &h.partitions.partitions {
                 by_partition
-                    .entry((p.topic.clone(), p.partition))
+                    .entry(p.topic.clone())
+                    .or_default()
+                    .entry(p.partition)
                     .or_default()
                     .insert(
                         *id,
@@ -147,7 +150,7 @@ impl Reports {
 
     /// The copies of one partition, by broker id.
     fn of(&self, topic: &str, partition: i32) -> Option<&BTreeMap<i32, Report>> {
-        self.by_partition.get(&(topic.to_string(), partition))
+        self.by_partition.get(topic)?.get(&partition)
     }
 
     /// Whether broker `id` reports holding the partition.

@@ -455,12 +455,9 @@ async fn produce(bootstrap: &str, output: Output, args: ProduceArgs) -> Result<(
         };
         producer
             .send(ProducerRecord {
-                topic: topic.clone(),
                 partition: args.partition,
                 key,
-                value: Some(value),
-                headers: Vec::new(),
-                timestamp: None,
+                ..ProducerRecord::new(topic.clone(), value)
             })
             .await?;
         count += 1;
