@@ -1,6 +1,7 @@
 //! The broker's state: its metadata, its partition logs, and the group commit that makes them
 //! durable. The gRPC services in [`crate::service`] are thin wrappers over this.
 
+use crate::appender::Appenders;
 use crate::durability::GroupCommit;
 use crate::error::BrokerError;
 use crate::log::{AppendOutcome, LogConfig, PartitionLog, ReadOutcome};
@@ -71,6 +72,7 @@ pub struct Broker<S: Storage> {
     metadata: RwLock<Arc<MetadataView>>,
     logs: RwLock<HashMap<(String, i32), Log<S>>>,
     group_commit: Arc<GroupCommit<S>>,
+    appenders: Appenders,
     next_producer_id: Mutex<(i64, i64)>,
     shutdown: watch::Sender<bool>,
     metrics: Arc<Metrics>,
@@ -126,6 +128,7 @@ impl<S: Storage> Broker<S> {
             metadata: RwLock::new(Arc::new(MetadataView::default())),
             logs: RwLock::new(HashMap::new()),
             group_commit,
+            appenders: Appenders::per_core(),
             // Ids already handed out may have been used: start after the persisted limit.
             next_producer_id: Mutex::new((limit, limit)),
             shutdown,
@@ -261,26 +264,62 @@ impl<S: Storage> Broker<S> {
 
     /// Appends to a partition this broker leads and waits as `acks` asks.
     pub async fn produce(
-        &self,
+        self: &Arc<Self>,
         topic: &str,
         partition: i32,
         batches: &[Bytes],
         acks: Acks,
     ) -> Result<AppendOutcome, BrokerError> {
-        let waiter = self.append(topic, partition, batches)?;
+        let waiter = self.queue_append(topic, partition, batches).await?;
         match acks {
             Acks::All => waiter.durable().await,
             Acks::Leader | Acks::None => Ok(waiter.outcome),
         }
     }
 
-    /// Appends now and returns a handle that waits for durability; ProduceStream pipelines these.
-    pub fn append(
+    /// Checks the batches and assigns their offsets now, on the calling thread, then queues
+    /// the store on the partition's appender thread (see [`crate::appender`]). The future
+    /// resolves once they are stored, to a handle that waits for durability. ProduceStream
+    /// pipelines these.
+    pub fn queue_append(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: i32,
+        batches: &[Bytes],
+    ) -> impl std::future::Future<Output = Result<PendingAppend, BrokerError>> + Send + 'static
+    {
+        let queued = self
+            .reserve(topic, partition, batches)
+            .map(|(reserved, pending)| {
+                let broker = self.clone();
+                let stored = reserved.map(|r| {
+                    self.appenders
+                        .run(topic, partition, move || broker.store(r))
+                });
+                (stored, pending)
+            });
+        async move {
+            let (stored, pending) = queued?;
+            if let Some(stored) = stored {
+                stored.await.unwrap_or_else(|_| {
+                    Err(BrokerError::AppendAborted {
+                        topic: pending.topic.clone(),
+                        partition: pending.partition,
+                    })
+                })?;
+            }
+            Ok(pending)
+        }
+    }
+
+    /// Checks batches and assigns their offsets; what is left to store (none for duplicates)
+    /// and the handle that waits for its durability.
+    fn reserve(
         &self,
         topic: &str,
         partition: i32,
         batches: &[Bytes],
-    ) -> Result<PendingAppend, BrokerError> {
+    ) -> Result<(Option<Reserved<S>>, PendingAppend), BrokerError> {
         if *self.shutdown.borrow() {
             return Err(BrokerError::ShuttingDown);
         }
@@ -309,27 +348,39 @@ impl<S: Storage> Broker<S> {
             .reserve(batches, &config, now_ms())
             .map_err(|e| BrokerError::log(topic, partition, e))?;
         let outcome = reservation.outcome;
-        if !reservation.is_empty() {
-            let bytes: usize = batches.iter().map(|b| b.len()).sum();
-            self.metrics.record_produce(
-                topic,
-                (outcome.last_offset - outcome.base_offset + 1) as u64,
-                bytes as u64,
-            );
-            // Stored outside the partition's lock: concurrent producers of one partition copy
-            // in parallel (the high watermark only passes a contiguous stored prefix). Not on
-            // the blocking pool: concurrent inserts into one sled leaf contend and were slower.
-            log.write(reservation)
-                .map_err(|e| BrokerError::log(topic, partition, e))?;
-            self.group_commit.mark_dirty(topic, partition, &log);
-        }
-        Ok(PendingAppend {
+        let pending = PendingAppend {
             topic: topic.to_string(),
             partition,
             outcome,
             high_watermark: log.watch_high_watermark(),
             timeout: self.settings.produce_timeout,
-        })
+        };
+        if reservation.is_empty() {
+            return Ok((None, pending));
+        }
+        let bytes: usize = batches.iter().map(|b| b.len()).sum();
+        self.metrics.record_produce(
+            topic,
+            (outcome.last_offset - outcome.base_offset + 1) as u64,
+            bytes as u64,
+        );
+        let reserved = Reserved {
+            topic: pending.topic.clone(),
+            partition,
+            log,
+            reservation,
+        };
+        Ok((Some(reserved), pending))
+    }
+
+    /// Stores reserved batches and marks their partition for the next group commit. Stored
+    /// outside the partition's lock: the high watermark only passes a contiguous stored prefix.
+    fn store(&self, r: Reserved<S>) -> Result<(), BrokerError> {
+        r.log
+            .write(r.reservation)
+            .map_err(|e| BrokerError::log(&r.topic, r.partition, e))?;
+        self.group_commit.mark_dirty(&r.topic, r.partition, &r.log);
+        Ok(())
     }
 
     /// Reads committed batches, long-polling up to `max_wait` until at least `min_bytes` exist.
@@ -544,6 +595,14 @@ impl<S: Storage> Broker<S> {
         }
         Ok(())
     }
+}
+
+/// Batches checked and given offsets, not stored yet.
+struct Reserved<S: Storage> {
+    topic: String,
+    partition: i32,
+    log: Log<S>,
+    reservation: crate::log::Reservation<<S::Log as crate::storage::BatchLog>::Buf>,
 }
 
 /// An append made, whose durability can be awaited.

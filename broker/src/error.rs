@@ -101,6 +101,14 @@ pub enum BrokerError {
         /// The timeout.
         millis: u64,
     },
+    /// An append stopped with a bug (a panic), logged by its appender thread.
+    #[error("topic `{topic}` partition {partition}: the append failed unexpectedly; the broker's log has the cause")]
+    AppendAborted {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+    },
     /// Storage failed outside a partition log.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -134,7 +142,7 @@ impl BrokerError {
                 LogError::Storage(_) => Code::Internal,
             },
             BrokerError::DurabilityTimeout { .. } => Code::DeadlineExceeded,
-            BrokerError::Storage(_) => Code::Internal,
+            BrokerError::Storage(_) | BrokerError::AppendAborted { .. } => Code::Internal,
             BrokerError::ShuttingDown => Code::Unavailable,
         }
     }

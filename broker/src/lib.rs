@@ -1,9 +1,11 @@
 //! Runnel's broker: partition logs in sled, served over gRPC.
 //!
 //! Layout: [`codec`](runnel_codec) validates batches; [`storage`] keeps them; [`log`] applies
-//! Kafka's rules per partition; [`durability`] makes appends durable by group commit; [`broker`]
-//! ties partitions to metadata; [`service`] is the gRPC edge; [`server`] runs the process.
+//! Kafka's rules per partition; [`appender`] threads run the appends; [`durability`] makes them
+//! durable by group commit; [`broker`] ties partitions to metadata; [`service`] is the gRPC
+//! edge; [`server`] runs the process.
 
+pub mod appender;
 pub mod broker;
 pub mod config;
 pub mod durability;

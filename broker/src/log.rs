@@ -377,12 +377,15 @@ impl<L: BatchLog> PartitionLog<L> {
             headers.push(h);
         }
 
+        // Copied into storage's buffers before taking the partition's lock, which the store of
+        // earlier batches and the flusher need meanwhile. A duplicate's copy is wasted; rare.
+        let buffers: Vec<L::Buf> = batches.iter().map(|b| L::buffer(b)).collect();
         let mut state = self.state.lock();
         let mut first: Option<i64> = None;
         let mut last = -1;
         let mut writes = Vec::with_capacity(batches.len());
         let append_time = if config.log_append_time { now_ms } else { -1 };
-        for (bytes, h) in batches.iter().zip(&headers) {
+        for (mut batch, h) in buffers.into_iter().zip(&headers) {
             if h.producer_id != NO_PRODUCER_ID {
                 let producer = state.producers.entry(h.producer_id).or_default();
                 if let SequenceCheck::Duplicate(seen) = producer.check(h)? {
@@ -392,7 +395,6 @@ impl<L: BatchLog> PartitionLog<L> {
                 }
             }
             let base = state.log_end_offset;
-            let mut batch = L::buffer(bytes);
             codec::set_base_offset(batch.as_mut(), base);
             if config.log_append_time {
                 codec::set_log_append_time(batch.as_mut(), now_ms)?;

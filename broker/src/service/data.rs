@@ -136,7 +136,9 @@ fn fill(mut r: ProduceResponse, o: &crate::log::AppendOutcome) -> ProduceRespons
 }
 
 impl<S: Storage> BrokerService<S> {
-    /// Appends one streamed request now; the returned future resolves to its answer.
+    /// Queues one streamed request's append; the returned future resolves to its answer.
+    /// Answers wait for the append even with acks=0, so that a stream's in-flight limit also
+    /// bounds its queued appends.
     fn produce_one(&self, req: ProduceRequest) -> BoxFuture<'static, ProduceResponse> {
         let base = response(&req.topic, req.partition, req.correlation_id);
         let broker = self.broker.clone();
@@ -154,24 +156,28 @@ impl<S: Storage> BrokerService<S> {
             Ok(a) => a,
             Err(e) => return futures::future::ready(failed(e, base)).boxed(),
         };
-        let pending =
-            batches_of(&req).and_then(|b| self.broker.append(&req.topic, req.partition, &b));
-        match (pending, acks) {
-            (Err(e), Acks::None) => {
-                tracing::debug!(error = %e, "acks=0 produce failed");
-                futures::future::ready(base).boxed()
-            }
-            (Err(e), _) => futures::future::ready(failed(e, base)).boxed(),
-            (Ok(_), Acks::None) => futures::future::ready(base).boxed(),
-            (Ok(p), Acks::Leader) => futures::future::ready(fill(base, &p.outcome)).boxed(),
-            (Ok(p), Acks::All) => async move {
-                match p.durable().await {
+        let appended =
+            batches_of(&req).map(|b| self.broker.queue_append(&req.topic, req.partition, &b));
+        async move {
+            let appended = match appended {
+                Ok(a) => a.await,
+                Err(e) => Err(e),
+            };
+            match (appended, acks) {
+                (Err(e), Acks::None) => {
+                    tracing::debug!(error = %e, "acks=0 produce failed");
+                    base
+                }
+                (Err(e), _) => failed(e, base),
+                (Ok(_), Acks::None) => base,
+                (Ok(p), Acks::Leader) => fill(base, &p.outcome),
+                (Ok(p), Acks::All) => match p.durable().await {
                     Ok(o) => fill(base, &o),
                     Err(e) => failed(e, base),
-                }
+                },
             }
-            .boxed(),
         }
+        .boxed()
     }
 }
 
