@@ -59,12 +59,6 @@ impl Appenders {
         Self { queues }
     }
 
-    /// One thread per core: a partition's appends are serial anyway, so more threads only help
-    /// when more partitions are written at once.
-    pub fn per_core() -> Self {
-        Self::start(std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-
     /// Runs `job` on the thread of partition `(topic, partition)`, after the jobs queued there
     /// before it. The result arrives on the returned receiver.
     pub fn run<T: Send + 'static>(

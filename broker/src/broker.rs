@@ -4,7 +4,7 @@
 use crate::appender::Appenders;
 use crate::durability::GroupCommit;
 use crate::error::BrokerError;
-use crate::log::{AppendOutcome, LogConfig, PartitionLog, ReadOutcome};
+use crate::log::{AppendOutcome, LogConfig, LogError, PartitionLog, ReadOutcome};
 use crate::metadata::{self, find_topic};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -14,9 +14,9 @@ use prost::Message;
 use runnel_proto::v1::{ClusterMetadata, TopicConfig, TopicMetadata};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 const META_CLUSTER: &str = "cluster_metadata";
 const META_PRODUCER_ID_LIMIT: &str = "producer_id_limit";
@@ -43,6 +43,8 @@ pub struct BrokerSettings {
     pub produce_timeout: Duration,
     /// Group commit linger.
     pub flush_linger: Duration,
+    /// Appender threads (see [`crate::appender`]).
+    pub append_threads: usize,
 }
 
 /// How durable a produce must be before it is answered.
@@ -128,7 +130,7 @@ impl<S: Storage> Broker<S> {
             metadata: RwLock::new(Arc::new(MetadataView::default())),
             logs: RwLock::new(HashMap::new()),
             group_commit,
-            appenders: Appenders::per_core(),
+            appenders: Appenders::start(settings.append_threads),
             // Ids already handed out may have been used: start after the persisted limit.
             next_producer_id: Mutex::new((limit, limit)),
             shutdown,
@@ -270,46 +272,31 @@ impl<S: Storage> Broker<S> {
         batches: &[Bytes],
         acks: Acks,
     ) -> Result<AppendOutcome, BrokerError> {
-        let waiter = self.queue_append(topic, partition, batches).await?;
+        let pending = self.queue_append(topic, partition, batches)?;
         match acks {
-            Acks::All => waiter.durable().await,
-            Acks::Leader | Acks::None => Ok(waiter.outcome),
+            Acks::All => pending.durable().await,
+            Acks::Leader | Acks::None => pending.stored().await,
         }
     }
 
     /// Checks the batches and assigns their offsets now, on the calling thread, then queues
-    /// the store on the partition's appender thread (see [`crate::appender`]). The future
-    /// resolves once they are stored, to a handle that waits for durability. ProduceStream
-    /// pipelines these.
+    /// the store on the partition's appender thread (see [`crate::appender`]). The handle waits
+    /// for the store or for durability; ProduceStream pipelines these.
     pub fn queue_append(
         self: &Arc<Self>,
         topic: &str,
         partition: i32,
         batches: &[Bytes],
-    ) -> impl std::future::Future<Output = Result<PendingAppend, BrokerError>> + Send + 'static
-    {
-        let queued = self
-            .reserve(topic, partition, batches)
-            .map(|(reserved, pending)| {
-                let broker = self.clone();
-                let stored = reserved.map(|r| {
-                    self.appenders
-                        .run(topic, partition, move || broker.store(r))
-                });
-                (stored, pending)
-            });
-        async move {
-            let (stored, pending) = queued?;
-            if let Some(stored) = stored {
-                stored.await.unwrap_or_else(|_| {
-                    Err(BrokerError::AppendAborted {
-                        topic: pending.topic.clone(),
-                        partition: pending.partition,
-                    })
-                })?;
-            }
-            Ok(pending)
+    ) -> Result<PendingAppend, BrokerError> {
+        let (reserved, mut pending) = self.reserve(topic, partition, batches)?;
+        if let Some(r) = reserved {
+            let broker = self.clone();
+            pending.stored = Some(
+                self.appenders
+                    .run(topic, partition, move || broker.store(r)),
+            );
         }
+        Ok(pending)
     }
 
     /// Checks batches and assigns their offsets; what is left to store (none for duplicates)
@@ -353,7 +340,9 @@ impl<S: Storage> Broker<S> {
             partition,
             outcome,
             high_watermark: log.watch_high_watermark(),
+            offline: log.offline(),
             timeout: self.settings.produce_timeout,
+            stored: None,
         };
         if reservation.is_empty() {
             return Ok((None, pending));
@@ -605,7 +594,7 @@ struct Reserved<S: Storage> {
     reservation: crate::log::Reservation<<S::Log as crate::storage::BatchLog>::Buf>,
 }
 
-/// An append made, whose durability can be awaited.
+/// An append made, whose store and durability can be awaited.
 #[derive(Debug)]
 pub struct PendingAppend {
     topic: String,
@@ -613,16 +602,39 @@ pub struct PendingAppend {
     /// What the append did.
     pub outcome: AppendOutcome,
     high_watermark: watch::Receiver<i64>,
+    offline: Arc<OnceLock<String>>,
     timeout: Duration,
+    /// The store's result, from the appender thread (none for a duplicate: nothing to store).
+    stored: Option<oneshot::Receiver<Result<(), BrokerError>>>,
 }
 
 impl PendingAppend {
-    /// Waits until the appended records are durable (below the high watermark).
+    /// Waits until the appended records are stored (acks=1).
+    pub async fn stored(self) -> Result<AppendOutcome, BrokerError> {
+        if let Some(stored) = self.stored {
+            stored.await.unwrap_or(Err(BrokerError::AppendAborted {
+                topic: self.topic,
+                partition: self.partition,
+            }))?;
+        }
+        Ok(self.outcome)
+    }
+
+    /// Waits until the appended records are durable (below the high watermark), which implies
+    /// stored. It does not wait on the store's own answer: that would wake the waiting task
+    /// once more per batch, and a failed store takes the log offline, which wakes it anyway.
     pub async fn durable(mut self) -> Result<AppendOutcome, BrokerError> {
         let last = self.outcome.last_offset;
-        let wait = self.high_watermark.wait_for(|hw| *hw > last);
+        let offline = self.offline.clone();
+        let wait = self
+            .high_watermark
+            .wait_for(|hw| *hw > last || offline.get().is_some());
+        let error = |e| BrokerError::log(&self.topic, self.partition, e);
         match tokio::time::timeout(self.timeout, wait).await {
-            Ok(Ok(_)) => Ok(self.outcome),
+            Ok(Ok(hw)) if *hw > last => Ok(self.outcome),
+            Ok(Ok(_)) => Err(error(LogError::Offline(
+                self.offline.get().cloned().unwrap_or_default(),
+            ))),
             Ok(Err(_)) => Err(BrokerError::ShuttingDown),
             Err(_) => Err(BrokerError::DurabilityTimeout {
                 topic: self.topic,

@@ -44,6 +44,12 @@ pub struct ConfigLayer {
     pub produce_timeout_ms: Option<u64>,
     /// sled page cache size.
     pub cache_capacity_bytes: Option<u64>,
+    /// Threads serving the network: gRPC connections, decoding, checks, reads (default: one
+    /// per core).
+    pub network_threads: Option<usize>,
+    /// Threads writing produced batches into storage, each partition always on the same one
+    /// (default: half the cores, at least one).
+    pub append_threads: Option<usize>,
 }
 
 /// The fields of [`ConfigLayer`], as they appear in the file and (upper-cased, `RUNNEL_` prefix)
@@ -65,7 +71,12 @@ pub const FIELDS: &[&str] = &[
     "flush_linger_ms",
     "produce_timeout_ms",
     "cache_capacity_bytes",
+    "network_threads",
+    "append_threads",
 ];
+
+/// Most threads of either kind.
+const MAX_THREADS: usize = 256;
 
 /// A configuration problem, naming where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +98,8 @@ pub struct Config {
     pub retention_check_interval: Duration,
     /// sled page cache.
     pub cache_capacity_bytes: u64,
+    /// Async worker threads.
+    pub network_threads: usize,
 }
 
 macro_rules! merge_fields {
@@ -137,7 +150,9 @@ impl ConfigLayer {
             retention_check_interval_ms,
             flush_linger_ms,
             produce_timeout_ms,
-            cache_capacity_bytes
+            cache_capacity_bytes,
+            network_threads,
+            append_threads
         )
     }
 
@@ -255,6 +270,19 @@ impl ConfigLayer {
         if produce_timeout_ms == 0 {
             return Err(bad("produce_timeout_ms", "must be positive".into()));
         }
+        let threads = |field: &str, v: Option<usize>, default: usize| match v {
+            Some(n) if !(1..=MAX_THREADS).contains(&n) => Err(bad(
+                field,
+                format!("{n} is not between 1 and {MAX_THREADS}"),
+            )),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let network_threads = threads("network_threads", self.network_threads, cores)?;
+        // A partition's appends are serial, and an append mostly waits for sled and the disk;
+        // half the cores write as many partitions at once as the cores can feed.
+        let append_threads = threads("append_threads", self.append_threads, (cores / 2).max(1))?;
         let retention_check = self.retention_check_interval_ms.unwrap_or(300_000);
         if retention_check == 0 {
             return Err(bad(
@@ -278,12 +306,14 @@ impl ConfigLayer {
                 },
                 produce_timeout: Duration::from_millis(produce_timeout_ms),
                 flush_linger: Duration::from_millis(self.flush_linger_ms.unwrap_or(0)),
+                append_threads,
             },
             data_dir,
             listen,
             metrics_listen,
             retention_check_interval: Duration::from_millis(retention_check),
             cache_capacity_bytes: self.cache_capacity_bytes.unwrap_or(256 << 20),
+            network_threads,
         })
     }
 }
@@ -338,6 +368,15 @@ mod tests {
         .validate(env(&[]))
         .expect_err("bad");
         assert!(e.to_string().contains("retention_ms"), "{e}");
+        let e = ConfigLayer::from_env(env(&[("RUNNEL_APPEND_THREADS", "0")]))
+            .expect("parses")
+            .over(ConfigLayer {
+                standalone: Some(true),
+                ..ConfigLayer::defaults()
+            })
+            .validate(env(&[]))
+            .expect_err("bad");
+        assert!(e.to_string().contains("append_threads"), "{e}");
         let e = toml::from_str::<ConfigLayer>("colour = 1").expect_err("unknown field");
         assert!(e.to_string().contains("colour"), "{e}");
     }

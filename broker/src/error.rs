@@ -140,6 +140,7 @@ impl BrokerError {
                     Code::Aborted
                 }
                 LogError::Storage(_) => Code::Internal,
+                LogError::Offline(_) => Code::Unavailable,
             },
             BrokerError::DurabilityTimeout { .. } => Code::DeadlineExceeded,
             BrokerError::Storage(_) | BrokerError::AppendAborted { .. } => Code::Internal,

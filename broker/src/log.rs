@@ -13,6 +13,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use runnel_codec::{self as codec, BatchHeader, CodecError, NO_PRODUCER_ID};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
 
 /// How many recent batches per producer and partition are remembered for duplicate detection.
@@ -73,6 +74,10 @@ pub enum LogError {
     /// The storage underneath failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A store failed earlier: the log takes no more appends (as Kafka takes a failed log
+    /// directory offline).
+    #[error("the log is offline since a write failed: {0}")]
+    Offline(String),
 }
 
 /// The per-topic settings a log obeys.
@@ -261,6 +266,8 @@ pub struct PartitionLog<L> {
     store: L,
     state: Mutex<LogState>,
     high_watermark: watch::Sender<i64>,
+    /// Why the log went offline, once a store failed.
+    offline: Arc<OnceLock<String>>,
 }
 
 impl<L: BatchLog> PartitionLog<L> {
@@ -320,6 +327,7 @@ impl<L: BatchLog> PartitionLog<L> {
                 producers,
             }),
             high_watermark,
+            offline: Arc::default(),
         })
     }
 
@@ -347,6 +355,9 @@ impl<L: BatchLog> PartitionLog<L> {
         config: &LogConfig,
         now_ms: i64,
     ) -> Result<Reservation<L::Buf>, LogError> {
+        if let Some(why) = self.offline.get() {
+            return Err(LogError::Offline(why.clone()));
+        }
         if batches.is_empty() {
             return Err(LogError::EmptyProduce);
         }
@@ -432,7 +443,12 @@ impl<L: BatchLog> PartitionLog<L> {
     /// directory failed goes offline.
     pub fn write(&self, reservation: Reservation<L::Buf>) -> Result<AppendOutcome, LogError> {
         for (base, next, batch) in reservation.writes {
-            self.store.put(base, batch)?;
+            if let Err(e) = self.store.put(base, batch) {
+                // Waiters for the high watermark wake and see why it will not pass.
+                let _ = self.offline.set(e.to_string());
+                self.high_watermark.send_modify(|_| {});
+                return Err(e.into());
+            }
             let mut s = self.state.lock();
             if base == s.stored_end {
                 s.stored_end = next;
@@ -473,8 +489,14 @@ impl<L: BatchLog> PartitionLog<L> {
     }
 
     /// A receiver that sees every high watermark change (long-poll fetch, acks=all, subscribe).
+    /// It is also woken when the log goes offline.
     pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
         self.high_watermark.subscribe()
+    }
+
+    /// Set, with the reason, once a store failed and the log went offline.
+    pub fn offline(&self) -> Arc<OnceLock<String>> {
+        self.offline.clone()
     }
 
     /// Reads committed batches (below the high watermark) from `offset`, up to `max_bytes`
@@ -619,6 +641,69 @@ mod tests {
 
     fn config() -> LogConfig {
         LogConfig::default()
+    }
+
+    /// A store whose puts fail once `failing` is set: sled cannot be made to fail on demand.
+    #[derive(Debug, Default)]
+    struct FailingLog {
+        inner: crate::storage::MemoryStorage,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl BatchLog for Arc<FailingLog> {
+        type Buf = Vec<u8>;
+        fn buffer(batch: &[u8]) -> Vec<u8> {
+            batch.to_vec()
+        }
+        fn put(&self, base_offset: i64, batch: Vec<u8>) -> Result<(), StorageError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StorageError::Io(std::io::Error::other("disk gone")));
+            }
+            self.inner.open_log("t", 0)?.put(base_offset, batch)
+        }
+        fn read(&self, from: i64, end: i64, max: usize) -> Result<Vec<Bytes>, StorageError> {
+            self.inner.open_log("t", 0)?.read(from, end, max)
+        }
+        fn scan(&self) -> Result<Vec<(i64, Bytes)>, StorageError> {
+            self.inner.open_log("t", 0)?.scan()
+        }
+        fn remove(&self, base_offset: i64) -> Result<(), StorageError> {
+            self.inner.open_log("t", 0)?.remove(base_offset)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_takes_the_log_offline_and_wakes_waiters() {
+        let store = Arc::new(FailingLog::default());
+        let log = PartitionLog::recover(store.clone(), 0).expect("recover");
+        log.append(&[batch(2, 1, None)], &config(), 0)
+            .expect("append");
+        log.advance_high_watermark(log.log_end_offset());
+        let mut waiter = log.watch_high_watermark();
+        waiter.borrow_and_update();
+        store
+            .failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = log
+            .append(&[batch(1, 2, None)], &config(), 0)
+            .expect_err("store fails");
+        assert!(e.to_string().contains("disk gone"), "{e}");
+        // The waiter is woken, the high watermark stays put, and the log says why.
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter.changed())
+            .await
+            .expect("woken")
+            .expect("open");
+        assert_eq!(*waiter.borrow(), 2);
+        assert!(log.offline().get().is_some_and(|w| w.contains("disk gone")));
+        // Later appends are refused at once, even once the disk is back; reads still work.
+        store
+            .failing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let e = log
+            .append(&[batch(1, 3, None)], &config(), 0)
+            .expect_err("offline");
+        assert!(matches!(e, LogError::Offline(_)), "{e}");
+        assert_eq!(log.read(0, 1 << 20).expect("read").batches.len(), 1);
     }
 
     /// The log's contract, run over every storage.

@@ -56,6 +56,12 @@ struct Flags {
     /// How long an acks=all produce waits for durability, in ms.
     #[arg(long)]
     produce_timeout_ms: Option<u64>,
+    /// Threads serving gRPC connections (default: one per core).
+    #[arg(long)]
+    network_threads: Option<usize>,
+    /// Threads writing batches into storage (default: half the cores, at least one).
+    #[arg(long)]
+    append_threads: Option<usize>,
 }
 
 impl Flags {
@@ -77,6 +83,8 @@ impl Flags {
             flush_linger_ms: self.flush_linger_ms,
             produce_timeout_ms: self.produce_timeout_ms,
             cache_capacity_bytes: None,
+            network_threads: self.network_threads,
+            append_threads: self.append_threads,
         }
     }
 }
@@ -109,6 +117,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.network_threads)
         .enable_all()
         .build()
     {

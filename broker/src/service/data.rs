@@ -137,7 +137,7 @@ fn fill(mut r: ProduceResponse, o: &crate::log::AppendOutcome) -> ProduceRespons
 
 impl<S: Storage> BrokerService<S> {
     /// Queues one streamed request's append; the returned future resolves to its answer.
-    /// Answers wait for the append even with acks=0, so that a stream's in-flight limit also
+    /// Answers wait for the store even with acks=0, so that a stream's in-flight limit also
     /// bounds its queued appends.
     fn produce_one(&self, req: ProduceRequest) -> BoxFuture<'static, ProduceResponse> {
         let base = response(&req.topic, req.partition, req.correlation_id);
@@ -156,21 +156,25 @@ impl<S: Storage> BrokerService<S> {
             Ok(a) => a,
             Err(e) => return futures::future::ready(failed(e, base)).boxed(),
         };
-        let appended =
-            batches_of(&req).map(|b| self.broker.queue_append(&req.topic, req.partition, &b));
+        let pending =
+            batches_of(&req).and_then(|b| self.broker.queue_append(&req.topic, req.partition, &b));
         async move {
-            let appended = match appended {
-                Ok(a) => a.await,
-                Err(e) => Err(e),
-            };
-            match (appended, acks) {
+            match (pending, acks) {
                 (Err(e), Acks::None) => {
                     tracing::debug!(error = %e, "acks=0 produce failed");
                     base
                 }
                 (Err(e), _) => failed(e, base),
-                (Ok(_), Acks::None) => base,
-                (Ok(p), Acks::Leader) => fill(base, &p.outcome),
+                (Ok(p), Acks::None) => {
+                    if let Err(e) = p.stored().await {
+                        tracing::debug!(error = %e, "acks=0 produce failed");
+                    }
+                    base
+                }
+                (Ok(p), Acks::Leader) => match p.stored().await {
+                    Ok(o) => fill(base, &o),
+                    Err(e) => failed(e, base),
+                },
                 (Ok(p), Acks::All) => match p.durable().await {
                     Ok(o) => fill(base, &o),
                     Err(e) => failed(e, base),

@@ -221,6 +221,19 @@ struct BenchConsumeArgs {
     timeout_ms: u64,
 }
 
+/// One async thread per client the command runs, up to the cores: `runnel` is one producer or
+/// consumer, whose tasks (the caller's sends, the sender, the connection) hand work to each other
+/// and run best on one thread; `bench produce` runs several producers (and a consumer with
+/// `--e2e`), which can use a core each.
+fn worker_threads(command: &Command) -> usize {
+    let clients = match command {
+        Command::Bench(BenchCommand::Produce(a)) => a.producers + usize::from(a.e2e),
+        _ => 1,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    clients.clamp(1, cores)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -231,6 +244,7 @@ fn main() -> ExitCode {
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(&cli.command))
         .enable_all()
         .build()
     {
