@@ -1,14 +1,15 @@
 //! Appenders: the threads that write produced batches into storage.
 //!
-//! An append is synchronous work: checks against the log, then sled's insert, which copies the
-//! batch, and now and then splits a leaf and writes its blob files. For a 64 KiB batch that is a
-//! few hundred microseconds. Run on an async worker, it holds that worker for as long. The
+//! Storing a batch is synchronous work: sled's insert copies it into its log, and now and then
+//! splits a leaf and writes its blob files. For a 64 KiB batch that is a few hundred
+//! microseconds. Run on an async worker, it holds that worker for as long. The
 //! connection task that reads a producer's next requests and writes its answers then waits
 //! behind it: a task woken by a busy worker sits in that worker's LIFO slot, which the idle
 //! worker cannot steal. The producer's pipeline stalls on its own answers.
 //!
-//! So appends run on a few dedicated threads instead. Each partition always goes to the same
-//! thread, so its appends keep their arrival order and never contend for the same sled leaf.
+//! So stores run on a few dedicated threads instead; the checks and offsets of an append stay on
+//! the request's task. Each partition always goes to the same thread, so its stores keep their
+//! arrival order and never contend for the same sled leaf.
 
 use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
