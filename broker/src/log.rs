@@ -650,6 +650,12 @@ mod tests {
         failing: std::sync::atomic::AtomicBool,
     }
 
+    impl FailingLog {
+        fn set_failing(&self, on: bool) {
+            self.failing.store(on, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     impl BatchLog for Arc<FailingLog> {
         type Buf = Vec<u8>;
         fn buffer(batch: &[u8]) -> Vec<u8> {
@@ -681,9 +687,7 @@ mod tests {
         log.advance_high_watermark(log.log_end_offset());
         let mut waiter = log.watch_high_watermark();
         waiter.borrow_and_update();
-        store
-            .failing
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        store.set_failing(true);
         let e = log
             .append(&[batch(1, 2, None)], &config(), 0)
             .expect_err("store fails");
@@ -696,9 +700,7 @@ mod tests {
         assert_eq!(*waiter.borrow(), 2);
         assert!(log.offline().get().is_some_and(|w| w.contains("disk gone")));
         // Later appends are refused at once, even once the disk is back; reads still work.
-        store
-            .failing
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        store.set_failing(false);
         let e = log
             .append(&[batch(1, 3, None)], &config(), 0)
             .expect_err("offline");
