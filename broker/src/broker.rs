@@ -272,11 +272,9 @@ impl<S: Storage> Broker<S> {
         batches: &[Bytes],
         acks: Acks,
     ) -> Result<AppendOutcome, BrokerError> {
-        let pending = self.queue_append(topic, partition, batches)?;
-        match acks {
-            Acks::All => pending.durable().await,
-            Acks::Leader | Acks::None => pending.stored().await,
-        }
+        self.queue_append(topic, partition, batches)?
+            .acked(acks)
+            .await
     }
 
     /// Checks the batches and assigns their offsets now, on the calling thread, then queues
@@ -609,6 +607,15 @@ pub struct PendingAppend {
 }
 
 impl PendingAppend {
+    /// Waits as `acks` asks: durable for acks=all, stored otherwise (acks=0 too, so that what
+    /// a producer has in flight bounds what is queued for the appenders).
+    pub async fn acked(self, acks: Acks) -> Result<AppendOutcome, BrokerError> {
+        match acks {
+            Acks::All => self.durable().await,
+            Acks::Leader | Acks::None => self.stored().await,
+        }
+    }
+
     /// Waits until the appended records are stored (acks=1).
     pub async fn stored(self) -> Result<AppendOutcome, BrokerError> {
         if let Some(stored) = self.stored {
@@ -625,16 +632,17 @@ impl PendingAppend {
     /// once more per batch, and a failed store takes the log offline, which wakes it anyway.
     pub async fn durable(mut self) -> Result<AppendOutcome, BrokerError> {
         let last = self.outcome.last_offset;
-        let offline = self.offline.clone();
+        let offline = &self.offline;
         let wait = self
             .high_watermark
             .wait_for(|hw| *hw > last || offline.get().is_some());
-        let error = |e| BrokerError::log(&self.topic, self.partition, e);
         match tokio::time::timeout(self.timeout, wait).await {
             Ok(Ok(hw)) if *hw > last => Ok(self.outcome),
-            Ok(Ok(_)) => Err(error(LogError::Offline(
-                self.offline.get().cloned().unwrap_or_default(),
-            ))),
+            Ok(Ok(_)) => Err(BrokerError::log(
+                &self.topic,
+                self.partition,
+                LogError::Offline(self.offline.get().cloned().unwrap_or_default()),
+            )),
             Ok(Err(_)) => Err(BrokerError::ShuttingDown),
             Err(_) => Err(BrokerError::DurabilityTimeout {
                 topic: self.topic,

@@ -136,9 +136,7 @@ fn fill(mut r: ProduceResponse, o: &crate::log::AppendOutcome) -> ProduceRespons
 }
 
 impl<S: Storage> BrokerService<S> {
-    /// Queues one streamed request's append; the returned future resolves to its answer.
-    /// Answers wait for the store even with acks=0, so that a stream's in-flight limit also
-    /// bounds its queued appends.
+    /// Queues one streamed request's append now; the returned future resolves to its answer.
     fn produce_one(&self, req: ProduceRequest) -> BoxFuture<'static, ProduceResponse> {
         let base = response(&req.topic, req.partition, req.correlation_id);
         let broker = self.broker.clone();
@@ -159,26 +157,18 @@ impl<S: Storage> BrokerService<S> {
         let pending =
             batches_of(&req).and_then(|b| self.broker.queue_append(&req.topic, req.partition, &b));
         async move {
-            match (pending, acks) {
+            let acked = match pending {
+                Ok(p) => p.acked(acks).await,
+                Err(e) => Err(e),
+            };
+            match (acked, acks) {
                 (Err(e), Acks::None) => {
                     tracing::debug!(error = %e, "acks=0 produce failed");
                     base
                 }
                 (Err(e), _) => failed(e, base),
-                (Ok(p), Acks::None) => {
-                    if let Err(e) = p.stored().await {
-                        tracing::debug!(error = %e, "acks=0 produce failed");
-                    }
-                    base
-                }
-                (Ok(p), Acks::Leader) => match p.stored().await {
-                    Ok(o) => fill(base, &o),
-                    Err(e) => failed(e, base),
-                },
-                (Ok(p), Acks::All) => match p.durable().await {
-                    Ok(o) => fill(base, &o),
-                    Err(e) => failed(e, base),
-                },
+                (Ok(_), Acks::None) => base,
+                (Ok(o), _) => fill(base, &o),
             }
         }
         .boxed()
