@@ -6,6 +6,7 @@ the same disk as the baseline's). The baseline, `runnel-storage-bench`, writes t
 straight into sled with the broker's flush policy, in the same run, so the broker's overhead is a
 ratio. Nothing else should run on the machine meanwhile.
 """
+import contextlib
 import datetime
 import json
 import os
@@ -239,14 +240,13 @@ def produce_once(workdir, size, acks, producers, records, extra=()):
         cmd = ["bench", "produce", "--topic", "bench", "--partitions", str(max(1, producers)),
                "--records", str(records), "--record-size", str(size), "--acks", acks,
                "--producers", str(producers), *extra]
-        if latency:
-            # Only here, where it is reported: the sampler costs a little CPU, and throughput runs
-            # are compared with baseline runs that go without it.
-            with DeviceWatch(workdir) as device:
-                res, client_cpu, busy = measured(lambda: runnel(b.addr, *cmd))
-            res["device"] = device.result()
-        else:
+        # The disk is watched only where it is reported: the sampler costs a little CPU, and
+        # throughput runs are compared with baseline runs that go without it.
+        device = DeviceWatch(workdir) if latency else contextlib.nullcontext()
+        with device:
             res, client_cpu, busy = measured(lambda: runnel(b.addr, *cmd))
+        if latency:
+            res["device"] = device.result()
         res["cpu"] = {"client": client_cpu, "broker": b.cpu_seconds(), "cores_busy": busy}
         res["command"] = "runnel " + " ".join(cmd)
         if not extra:
