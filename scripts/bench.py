@@ -6,6 +6,7 @@ the same disk as the baseline's). The baseline, `runnel-storage-bench`, writes t
 straight into sled with the broker's flush policy, in the same run, so the broker's overhead is a
 ratio. Nothing else should run on the machine meanwhile.
 """
+import collections
 import contextlib
 import datetime
 import json
@@ -118,6 +119,27 @@ def spread_runs(workdir):
         return False
 
 
+DiskCounters = collections.namedtuple("DiskCounters", "completed in_flight sectors_written sectors_discarded")
+
+
+def disk_stat_path(path):
+    """The /sys stat file of the block device that holds `path`."""
+    st = os.stat(path)
+    return f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat"
+
+
+def disk_counters(stat_path):
+    """The device's counters now (None where they cannot be read). Fields of the file: reads, -, -,
+    -, writes, -, sectors written, -, in flight, -, -, discards, -, sectors discarded, -, flushes."""
+    try:
+        with open(stat_path) as f:
+            v = [int(x) for x in f.read().split()]
+    except OSError:
+        return None
+    at = lambda i: v[i] if len(v) > i else 0
+    return DiskCounters(v[0] + v[4] + at(11) + at(15), v[8], v[6], at(13))
+
+
 def settle(seconds=2, path=None):
     """Lets the disk finish the previous case's (or the build's) writes and deletions before the next
     starts: syncs, waits `seconds`, then until the device under `path` has been idle (nothing in
@@ -126,12 +148,12 @@ def settle(seconds=2, path=None):
     time.sleep(seconds)
     if path is None:
         return
-    watch = DeviceWatch(path)
-    last, quiet_since, deadline = watch.sample(), time.monotonic(), time.monotonic() + 10
+    stat_path = disk_stat_path(path)
+    last, quiet_since, deadline = disk_counters(stat_path), time.monotonic(), time.monotonic() + 10
     while last is not None and time.monotonic() < deadline:
         time.sleep(0.1)
-        cur = watch.sample()
-        if cur is None or cur[1] > 0 or cur[0] != last[0]:
+        cur = disk_counters(stat_path)
+        if cur is None or cur.in_flight > 0 or cur.completed != last.completed:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= 1:
             return
@@ -139,39 +161,28 @@ def settle(seconds=2, path=None):
 
 
 class DeviceWatch(threading.Thread):
-    """Watches the block device under `path` while a run goes (its /sys stat counters, every 10 ms):
-    the longest time it held requests in flight without completing any (a stall of the device, which
+    """Watches the block device under `path` while a run goes (its counters, every 10 ms): the
+    longest time it held requests in flight without completing any (a stall of the device, which
     every flush waiting on it sees), and how many MB it was asked to write and to discard. Used with
     `with`; `result()` after."""
 
     def __init__(self, path):
         super().__init__(daemon=True)
-        st = os.stat(path)
-        self.stat_path = f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat"
+        self.stat_path = disk_stat_path(path)
         self.done = threading.Event()
         self.longest = 0.0
         self.first = self.last = None
 
-    def sample(self):
-        try:
-            with open(self.stat_path) as f:
-                v = [int(x) for x in f.read().split()]
-        except OSError:
-            return None
-        # Fields: reads, -, -, -, writes, -, sectors written, -, in flight, ..., discards, -, sectors discarded.
-        completed = v[0] + v[4] + (v[11] if len(v) > 11 else 0) + (v[15] if len(v) > 15 else 0)
-        return completed, v[8], v[6], v[13] if len(v) > 13 else 0
-
     def run(self):
-        self.first = self.last = self.sample()
+        self.first = self.last = disk_counters(self.stat_path)
         if self.first is None:
             return
         since, then = None, time.monotonic()
         while not self.done.wait(0.01):
-            now, cur = time.monotonic(), self.sample()
+            now, cur = time.monotonic(), disk_counters(self.stat_path)
             if cur is None:
                 continue
-            if cur[1] > 0 and cur[0] == self.last[0]:
+            if cur.in_flight > 0 and cur.completed == self.last.completed:
                 # Nothing completed since the last sample, with requests in flight.
                 since = since or then
                 self.longest = max(self.longest, now - since)
@@ -191,8 +202,8 @@ class DeviceWatch(threading.Thread):
         if self.first is None:
             return None
         return {"longest_stall_ms": self.longest * 1000,
-                "written_mb": (self.last[2] - self.first[2]) * 512 / 1e6,
-                "discarded_mb": (self.last[3] - self.first[3]) * 512 / 1e6}
+                "written_mb": (self.last.sectors_written - self.first.sectors_written) * 512 / 1e6,
+                "discarded_mb": (self.last.sectors_discarded - self.first.sectors_discarded) * 512 / 1e6}
 
 
 def median_of(runs):
