@@ -47,6 +47,9 @@ pub fn parse_bootstrap(bootstrap: &str) -> Result<Vec<String>> {
     Ok(addrs)
 }
 
+/// Largest HTTP/2 frame accepted from the broker (HTTP/2's default is 16 KiB).
+const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 fn endpoint(address: &str) -> Result<Endpoint> {
     let e = Endpoint::from_shared(format!("http://{address}")).map_err(|e| Error::Transport {
         address: address.to_owned(),
@@ -57,7 +60,10 @@ fn endpoint(address: &str) -> Result<Endpoint> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
         .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20)))
+        .initial_connection_window_size(Some(16 << 20))
+        // Frames as large as a batch: the broker's answers to fetches arrive in a few frames
+        // instead of one per 16 KiB.
+        .max_frame_size(Some(MAX_FRAME_BYTES)))
 }
 
 /// Opens one HTTP/2 connection to `address`.
