@@ -4,9 +4,7 @@
 Each case runs against a fresh release broker (`--standalone`, data in a temporary directory on
 the same disk as the baseline's). The baseline, `runnel-storage-bench`, writes the same batches
 straight into sled with the broker's flush policy, in the same run, so the broker's overhead is a
-ratio. The end-to-end latency runs go first to a volume of the broker's own (a loop-mounted ext4
-image; see `dedicated_volume`), then to the root disk. Nothing else should run on the machine
-meanwhile.
+ratio. Nothing else should run on the machine meanwhile.
 """
 import collections
 import contextlib
@@ -119,55 +117,6 @@ def spread_runs(workdir):
         return True
     except (OSError, subprocess.CalledProcessError):
         return False
-
-
-# Size of the latency runs' volume image (sparse: only what the runs write takes disk space).
-VOLUME_BYTES = 16 << 30
-
-
-def run_quiet(*cmd):
-    return subprocess.run(list(cmd), check=True, capture_output=True, text=True).stdout.strip()
-
-
-@contextlib.contextmanager
-def dedicated_volume(workdir):
-    """A volume of its own for the latency runs, as a broker gets in production: an ext4 image in
-    `workdir` on a loop device (direct I/O, so the image's blocks are not cached twice), made like
-    this machine's root filesystem (no journal) but mounted without online discard, as the README
-    advises for broker volumes. Yields (mount point, None), or (None, why) where it cannot be made
-    (not root, tools missing, too little space); the runs then go to the root disk only."""
-    if os.geteuid() != 0:
-        yield None, "making a loop device needs root"
-        return
-    missing = [t for t in ("mkfs.ext4", "losetup", "mount", "umount") if shutil.which(t) is None]
-    if missing:
-        yield None, "missing " + ", ".join(missing)
-        return
-    if shutil.disk_usage(workdir).free < VOLUME_BYTES * 5 // 4:
-        yield None, f"less than {VOLUME_BYTES * 5 // 4 >> 30} GiB free for its image"
-        return
-    image = os.path.join(workdir, "volume.img")
-    mnt = tempfile.mkdtemp(prefix="volume-", dir=workdir)
-    dev, mounted, why = None, False, None
-    try:
-        try:
-            with open(image, "wb") as f:
-                f.truncate(VOLUME_BYTES)
-            run_quiet("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "nodiscard,lazy_itable_init=0", image)
-            dev = run_quiet("losetup", "--direct-io=on", "--find", "--show", image)
-            run_quiet("mount", "-o", "noatime,nodiscard", dev, mnt)
-            mounted = True
-        except subprocess.CalledProcessError as e:
-            why = f"`{' '.join(e.cmd)}` failed: {e.stderr.strip()}"
-        yield (mnt if mounted else None), why
-    finally:
-        if mounted:
-            subprocess.run(["umount", mnt], check=False)
-        if dev:
-            subprocess.run(["losetup", "--detach", dev], check=False)
-        shutil.rmtree(mnt, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.remove(image)
 
 
 DiskCounters = collections.namedtuple("DiskCounters", "completed in_flight sectors_written sectors_discarded")
@@ -371,39 +320,30 @@ def main():
     rows, base, base_w = [], {}, {}
     try:
         # End-to-end latency at half of the target rates (500k rec/s of 100 B; 150 MB/s of 1 KiB),
-        # first on a volume of the broker's own, then on the root disk. Before the throughput runs:
-        # after tens of gigabytes written and deleted by those, the root disk still discards freed
-        # blocks in the background, and sled's own blob deletions then wait for the device
-        # (synchronous discards, 12-55 ms seen with perf sched), which a p99 shows. The volume
-        # stays until the end: deleting its image would keep the root disk trimming meanwhile.
+        # first: after tens of gigabytes written and deleted by the throughput runs, this disk
+        # still discards freed blocks in the background, and sled's own blob deletions then wait
+        # for the device (synchronous discards, 12-55 ms seen with perf sched), which a p99 shows.
         e2e = []
-        with dedicated_volume(workdir) as (volume, no_volume):
-            if no_volume:
-                print(f"no volume of its own for the latency runs: {no_volume}", file=sys.stderr)
-            for where, parent in (("own volume", volume), ("root disk", workdir)):
-                if parent is None:
-                    continue
-                latency_dir = tempfile.mkdtemp(prefix="latency-", dir=parent)
-                spread_runs(latency_dir)
-                for size, rate in ((100, 250_000), (1024, 73_000)):
-                    print(f"end-to-end ({where}): {size}-byte records at {rate} records/s", file=sys.stderr)
-                    for _ in range(REPEATS):
-                        res = produce_once(latency_dir, size, "all", 1, rate * (2 if QUICK else 10),
-                                           ("--rate", str(rate), "--e2e"))
-                        e2e.append((where, size, rate, res))
-                shutil.rmtree(latency_dir, ignore_errors=True)
-            for size in (100, 1024):
-                pooled = {"1": [], "all": []}
-                for acks in ("1", "all"):
-                    for producers in (1, 4):
-                        print(f"broker: {size}-byte records, acks={acks}, {producers} producer(s), with its baseline",
-                              file=sys.stderr)
-                        res, bases = paired_case(workdir, size, acks, producers, n[size])
-                        res["baseline"] = median_of(bases)
-                        pooled[acks] += bases
-                        rows.append((size, acks, producers, res))
-                base[size] = median_of(pooled["1"])
-                base_w[size] = median_of(pooled["all"])
+        latency_dir = tempfile.mkdtemp(prefix="latency-", dir=workdir)
+        spread_runs(latency_dir)
+        for size, rate in ((100, 250_000), (1024, 73_000)):
+            print(f"end-to-end: {size}-byte records at {rate} records/s", file=sys.stderr)
+            for _ in range(REPEATS):
+                res = produce_once(latency_dir, size, "all", 1, rate * (2 if QUICK else 10), ("--rate", str(rate), "--e2e"))
+                e2e.append((size, rate, res))
+        shutil.rmtree(latency_dir, ignore_errors=True)
+        for size in (100, 1024):
+            pooled = {"1": [], "all": []}
+            for acks in ("1", "all"):
+                for producers in (1, 4):
+                    print(f"broker: {size}-byte records, acks={acks}, {producers} producer(s), with its baseline",
+                          file=sys.stderr)
+                    res, bases = paired_case(workdir, size, acks, producers, n[size])
+                    res["baseline"] = median_of(bases)
+                    pooled[acks] += bases
+                    rows.append((size, acks, producers, res))
+            base[size] = median_of(pooled["1"])
+            base_w[size] = median_of(pooled["all"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -451,36 +391,27 @@ def main():
                    f"{per_m(r['cpu']['client'], r['records']):.2f} + {per_m(r['cpu']['broker'], r['records']):.2f} | "
                    f"{r['cpu']['cores_busy']:.2f} | {c.get('records_per_sec', 0):,.0f} | `{r['command']}` |")
     out.append("\n## End-to-end latency at half the target rate (acks=all, one producer)\n")
-    own = any(where == "own volume" for where, *_ in e2e)
-    judged = "own volume" if own else "root disk"
-    out.append(
-        "In production a broker gets a volume of its own. Here the latency runs go first to such a volume "
-        "(*own volume*: an ext4 image on a loop device with direct I/O, made like this machine's root filesystem, "
-        "without a journal, but mounted without online discard, as the README advises for broker volumes; see "
-        "`dedicated_volume` in `scripts/bench.py`), then, for comparison, to the root disk that the throughput runs "
-        "below use (ext4 mounted with online discard). "
-        + ("The target is judged on the own volume. " if own else
-           f"No volume of its own could be made here ({no_volume}), so the target is judged on the root disk. ")
-        + f"{REPEATS} run{'s' if REPEATS != 1 else ''} of each; the target is met when the median of their e2e "
-        "p99s is below 20 ms, and every run is shown.\n")
-    out.append(
-        "While each run goes, the harness watches the counters of the device under its data directory "
-        "(`/sys/dev/block/*/stat`, every 10 ms): *longest device stall* is the longest time the device held "
-        "requests in flight without completing any. Every flush waits through such a stall, and one stall of "
-        "about 120 ms holds more than 1% of a 10-second run's records back by over 20 ms, which alone puts its "
-        "p99 above 20 ms. *device written / discarded* is what the device was asked to write and to trim during "
-        "the run: sled rewrites nodes as they fill, and deletes the blob files of those it rewrote, which the "
-        "root disk trims at once, with the deleting thread waiting. Each latency run keeps its data directory "
-        "until all runs on its volume have run: deleting a run's few hundred megabytes keeps the root disk "
-        "trimming for seconds, and the next run's flushes would wait behind those trims (100-300 ms stalls "
-        "seen), a cost of the harness, not of the broker.\n")
-    out.append("| volume | record size | rate (records/s) | achieved records/s | ack p50 / p99 / p99.9 ms | end-to-end p50 / p99 / p99.9 ms | longest device stall | device written / discarded | command |")
-    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for where, size, rate, r in e2e:
+    out.append(f"{REPEATS} run{'s' if REPEATS != 1 else ''} of each; the target is met when the median of their e2e p99s is below 20 ms, and every run "
+               "is shown. While each run goes, the harness watches the disk's own counters (`/sys/dev/block/*/stat`, "
+               "every 10 ms): *longest device stall* is the longest time the device held requests in flight without "
+               "completing any. Every flush waits through such a stall, and one stall of about 120 ms holds more than "
+               "1% of a 10-second run's records back by over 20 ms, which alone puts its p99 above 20 ms. *device "
+               "written / discarded* is what the device was asked to write and to trim during the run (sled "
+               "rewrites nodes as they fill, and deletes the blob files of those it rewrote; this disk trims what "
+               "is deleted). These run before the throughput "
+               "cases: sled deletes a blob file for every large node it rewrites, and on this disk (mounted with online "
+               "discard) a deletion waits for the device, which is slower while it still discards what earlier runs "
+               "freed. For the same reason each latency run keeps its data directory until all of them have run: "
+               "deleting a run's few hundred megabytes keeps the device trimming for seconds, and the next run's "
+               "flushes would wait behind those trims (100-300 ms stalls seen), a cost of the harness, not of the "
+               "broker.\n")
+    out.append("| record size | rate (records/s) | achieved records/s | ack p50 / p99 / p99.9 ms | end-to-end p50 / p99 / p99.9 ms | longest device stall | device written / discarded | command |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for size, rate, r in e2e:
         d = r.get("device")
         stall = f"{d['longest_stall_ms']:.0f} ms" if d else "n/a"
         moved = f"{d['written_mb']:,.0f} / {d['discarded_mb']:,.0f} MB" if d else "n/a"
-        out.append(f"| {where} | {size} B | {rate:,} | {r['records_per_sec']:,.0f} | {ms(r['ack_latency_ms'])} | "
+        out.append(f"| {size} B | {rate:,} | {r['records_per_sec']:,.0f} | {ms(r['ack_latency_ms'])} | "
                    f"{ms(r['e2e_latency_ms'])} | {stall} | {moved} | `{r['command']}` |")
     one_all = {size: r for size, acks, p, r in rows if acks == "all" and p == 1}
     out.append("\n## Where the CPU goes (acks=all, one producer)\n")
@@ -500,10 +431,10 @@ def main():
         ("1 KiB records, one producer, acks=all (median)", f"{one_all[1024]['mb_per_sec']:.1f} MB/s (runs: {rng(one_all[1024], 1024 / 1e6, '{:.1f}')})",
          "≥ 150 MB/s", one_all[1024]["mb_per_sec"] >= 150),
     ]
-    for size, rate in sorted({(size, rate) for _, size, rate, _ in e2e}):
-        p99s = [r["e2e_latency_ms"]["p99"] for where, s_, rt, r in e2e if (where, s_, rt) == (judged, size, rate)]
+    for size, rate in sorted({(size, rate) for size, rate, _ in e2e}):
+        p99s = [r["e2e_latency_ms"]["p99"] for s_, rt, r in e2e if (s_, rt) == (size, rate)]
         median = sorted(p99s)[len(p99s) // 2]
-        checks.append((f"end-to-end p99, {size}-byte records at {rate:,}/s ({judged}, median of the runs)",
+        checks.append((f"end-to-end p99, {size}-byte records at {rate:,}/s (median of the runs)",
                        f"{median:.2f} ms (runs: " + " / ".join(f"{p:.2f}" for p in p99s) + " ms)",
                        "< 20 ms", median < 20))
     for size in (100, 1024):
