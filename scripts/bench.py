@@ -140,14 +140,12 @@ def disk_counters(stat_path):
     return DiskCounters(v[0] + v[4] + at(11) + at(15), v[8], v[6], at(13))
 
 
-def settle(seconds=2, path=None):
+def settle(path, seconds=2):
     """Lets the disk finish the previous case's (or the build's) writes and deletions before the next
     starts: syncs, waits `seconds`, then until the device under `path` has been idle (nothing in
     flight, nothing completed) for a second, or 10 s more have passed."""
     os.sync()
     time.sleep(seconds)
-    if path is None:
-        return
     stat_path = disk_stat_path(path)
     last, quiet_since, deadline = disk_counters(stat_path), time.monotonic(), time.monotonic() + 10
     while last is not None and time.monotonic() < deadline:
@@ -245,7 +243,7 @@ def produce_once(workdir, size, acks, producers, records, extra=()):
     afterwards, and a flush of the next run that waits behind those trims (100-300 ms seen) is one
     stall in its p99, caused by the harness rather than the broker."""
     latency = "--e2e" in extra
-    settle(6 if latency else 2, workdir)
+    settle(workdir, 6 if latency else 2)
     b = Broker(workdir)
     try:
         cmd = ["bench", "produce", "--topic", "bench", "--partitions", str(max(1, producers)),
@@ -269,7 +267,7 @@ def produce_once(workdir, size, acks, producers, records, extra=()):
 
 
 def baseline_once(workdir, size, records, window=None):
-    settle(2, workdir)
+    settle(workdir)
     d = tempfile.mkdtemp(prefix="baseline-", dir=workdir)
     try:
         cmd = [os.path.join(BIN, "runnel-storage-bench"), "--data-dir", d, "--records", str(records),
