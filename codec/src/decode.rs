@@ -61,27 +61,121 @@ fn decode(
 
 /// Decodes records until `data` is used up, then compares the count with the header's.
 fn decode_records(header: &BatchHeader, data: &Bytes) -> Result<Vec<Record>, CodecError> {
-    let count = header.records_count;
-    let expected = usize::try_from(count).unwrap_or(0);
+    let expected = usize::try_from(header.records_count).unwrap_or(0);
     let mut records = Vec::with_capacity(expected.min(data.len() / MIN_RECORD_LEN));
     let log_append_time = header.timestamp_type() == TimestampType::LogAppendTime;
-    let mut rest: &[u8] = data;
-    while !rest.is_empty() {
-        let record = decode_record(header, log_append_time, data, &mut rest).map_err(|msg| {
-            CodecError::MalformedRecord(format!(
-                "record #{} of a batch whose header says {count} records: {msg}",
-                records.len()
-            ))
-        })?;
-        records.push(record);
+    walk_records(header, data, |raw| {
+        let headers = raw
+            .headers()
+            .map(|(key, value)| Header {
+                key: key.to_owned(),
+                value: value.map(|v| data.slice_ref(v)),
+            })
+            .collect();
+        let timestamp = if log_append_time {
+            header.max_timestamp
+        } else {
+            header.base_timestamp.wrapping_add(raw.timestamp_delta)
+        };
+        records.push(Record {
+            offset: header.base_offset.wrapping_add(i64::from(raw.offset_delta)),
+            timestamp,
+            key: raw.key.map(|k| data.slice_ref(k)),
+            value: raw.value.map(|v| data.slice_ref(v)),
+            headers,
+        });
+        Ok(())
+    })?;
+    Ok(records)
+}
+
+/// Checks every record of a batch whose header [`validate_batch`] has accepted, as a broker
+/// does before it stores the batch: each record's framing (length, varints, key, value,
+/// headers with UTF-8 keys, no bytes left over), offset deltas `0, 1, 2, …` in order (the
+/// batch's own offsets, as Kafka's broker requires), and a records count that matches the
+/// header. A compressed batch is inflated to check it, at most to `max_uncompressed_len`
+/// bytes. Nothing is allocated for an uncompressed batch.
+pub fn validate_records(
+    batch: &[u8],
+    header: &BatchHeader,
+    max_uncompressed_len: usize,
+) -> Result<(), CodecError> {
+    let total = header.total_len();
+    let Some(section) = batch.get(BATCH_HEADER_LEN..total) else {
+        return Err(CodecError::Truncated {
+            needed: total,
+            available: batch.len(),
+        });
+    };
+    let inflated;
+    let data = match header.compression()? {
+        Compression::None => section,
+        codec => {
+            inflated = decompress(codec, section, max_uncompressed_len)?;
+            &inflated[..]
+        }
+    };
+    let mut expected_delta = 0i32;
+    walk_records(header, data, |raw| {
+        if raw.offset_delta != expected_delta {
+            return Err(format!(
+                "offset delta {} where {expected_delta} was due: a batch's records carry offset deltas 0, 1, 2, … in order",
+                raw.offset_delta
+            ));
+        }
+        expected_delta = expected_delta.wrapping_add(1);
+        Ok(())
+    })
+}
+
+/// A record's fields as slices of the records section, before anything is copied.
+#[derive(Debug, Clone, Copy)]
+struct RawRecord<'a> {
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers_count: usize,
+    /// The header bytes, whose framing [`parse_record`] has checked.
+    headers: &'a [u8],
+}
+
+impl<'a> RawRecord<'a> {
+    /// The headers, as (UTF-8 key, value). Their framing was checked when the record was parsed.
+    fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+        let mut rest = self.headers;
+        (0..self.headers_count).map_while(move |_| take_header(&mut rest).ok())
     }
-    if records.len() != expected || count < 0 {
+}
+
+/// Parses the records of a section one after another until it is used up, hands each to
+/// `visit` (which may refuse it), and checks the count against the header's. Errors name the
+/// record.
+fn walk_records<'a>(
+    header: &BatchHeader,
+    data: &'a [u8],
+    mut visit: impl FnMut(RawRecord<'a>) -> Result<(), String>,
+) -> Result<(), CodecError> {
+    let count = header.records_count;
+    let mut rest = data;
+    let mut seen = 0usize;
+    while !rest.is_empty() {
+        parse_record(&mut rest)
+            .and_then(&mut visit)
+            .map_err(|msg| {
+                CodecError::MalformedRecord(format!(
+                    "record #{seen} of a batch whose header says {count} records: {msg}"
+                ))
+            })?;
+        seen += 1;
+    }
+    if usize::try_from(count).ok() != Some(seen) {
         return Err(CodecError::RecordCountMismatch {
             header: count,
-            decoded: records.len(),
+            decoded: seen,
         });
     }
-    Ok(records)
+    Ok(())
 }
 
 /// Takes a length-prefixed, nullable byte string (`-1` = null) off the front of `b`.
@@ -104,14 +198,18 @@ fn take_nullable<'a>(b: &mut &'a [u8], what: &str) -> Result<Option<&'a [u8]>, S
     Ok(Some(v))
 }
 
-/// Decodes the record at the front of `rest`, advancing `rest` past it. Keys and values are
-/// slices of `data`, which `rest` points into.
-fn decode_record(
-    header: &BatchHeader,
-    log_append_time: bool,
-    data: &Bytes,
-    rest: &mut &[u8],
-) -> Result<Record, String> {
+/// Takes one header (a non-null UTF-8 key and a nullable value) off the front of `b`.
+fn take_header<'a>(b: &mut &'a [u8]) -> Result<(&'a str, Option<&'a [u8]>), String> {
+    let Some(key) = take_nullable(b, "header key")? else {
+        return Err("null key".to_owned());
+    };
+    let key = std::str::from_utf8(key).map_err(|e| format!("key is not UTF-8: {e}"))?;
+    let value = take_nullable(b, "header value")?;
+    Ok((key, value))
+}
+
+/// Parses the record at the front of `rest`, advancing `rest` past it.
+fn parse_record<'a>(rest: &mut &'a [u8]) -> Result<RawRecord<'a>, String> {
     let len = get_varint(rest).map_err(|e| format!("length: {e}"))?;
     let Some(len) = usize::try_from(len).ok().filter(|l| *l <= rest.len()) else {
         return Err(format!(
@@ -128,24 +226,16 @@ fn decode_record(
     b = tail;
     let timestamp_delta = get_varlong(&mut b).map_err(|e| format!("timestamp delta: {e}"))?;
     let offset_delta = get_varint(&mut b).map_err(|e| format!("offset delta: {e}"))?;
-    let key = take_nullable(&mut b, "key")?.map(|k| data.slice_ref(k));
-    let value = take_nullable(&mut b, "value")?.map(|v| data.slice_ref(v));
+    let key = take_nullable(&mut b, "key")?;
+    let value = take_nullable(&mut b, "value")?;
 
     let headers_count = get_varint(&mut b).map_err(|e| format!("headers count: {e}"))?;
     let Ok(headers_count) = usize::try_from(headers_count) else {
         return Err(format!("invalid headers count {headers_count}"));
     };
-    // Each header takes at least two bytes (two lengths), which bounds the allocation.
-    let mut headers = Vec::with_capacity(headers_count.min(b.len() / 2));
+    let headers = b;
     for i in 0..headers_count {
-        let Some(key) = take_nullable(&mut b, "header key")? else {
-            return Err(format!("header #{i} has a null key"));
-        };
-        let key = std::str::from_utf8(key)
-            .map_err(|e| format!("header #{i} key is not UTF-8: {e}"))?
-            .to_owned();
-        let value = take_nullable(&mut b, "header value")?.map(|v| data.slice_ref(v));
-        headers.push(Header { key, value });
+        take_header(&mut b).map_err(|e| format!("header #{i}: {e}"))?;
     }
     if !b.is_empty() {
         return Err(format!(
@@ -153,17 +243,12 @@ fn decode_record(
             b.len()
         ));
     }
-
-    let timestamp = if log_append_time {
-        header.max_timestamp
-    } else {
-        header.base_timestamp.wrapping_add(timestamp_delta)
-    };
-    Ok(Record {
-        offset: header.base_offset.wrapping_add(i64::from(offset_delta)),
-        timestamp,
+    Ok(RawRecord {
+        timestamp_delta,
+        offset_delta,
         key,
         value,
+        headers_count,
         headers,
     })
 }

@@ -40,18 +40,23 @@ mod compression;
 mod decode;
 mod error;
 mod header;
+mod partition;
 mod record;
 mod split;
 pub mod varint;
 
 pub use builder::{encode_batch, BatchBuilder};
 pub use compression::Compression;
-pub use decode::{decode_batch, decode_batch_bytes, decode_batch_with_limit, MAX_UNCOMPRESSED_LEN};
+pub use decode::{
+    decode_batch, decode_batch_bytes, decode_batch_with_limit, validate_records,
+    MAX_UNCOMPRESSED_LEN,
+};
 pub use error::CodecError;
 pub use header::{
     read_header, set_base_offset, set_base_sequence, set_log_append_time,
     set_partition_leader_epoch, validate_batch, BatchHeader, TimestampType,
 };
+pub use partition::{murmur2, partition_for_key, to_positive};
 pub use record::{Header, ProducerInfo, Record};
 pub use split::{split_batches, split_batches_lenient, Batches};
 
