@@ -2,9 +2,9 @@
 //! durable. The gRPC services in [`crate::service`] are thin wrappers over this.
 
 use crate::appender::Appenders;
-use crate::durability::GroupCommit;
+use crate::durability::{GroupCommit, StorageHealth};
 use crate::error::BrokerError;
-use crate::log::{AppendOutcome, LogConfig, LogError, PartitionLog, ReadOutcome};
+use crate::log::{AppendContext, AppendOutcome, LogConfig, LogError, PartitionLog, ReadOutcome};
 use crate::metadata::{self, find_topic};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use prost::Message;
 use runnel_proto::v1::{ClusterMetadata, TopicConfig, TopicMetadata};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
@@ -41,6 +41,8 @@ pub struct BrokerSettings {
     pub log_defaults: LogConfig,
     /// How long acks=all waits for durability.
     pub produce_timeout: Duration,
+    /// How long an idle idempotent producer is remembered (`producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: i64,
     /// Group commit linger.
     pub flush_linger: Duration,
     /// Appender threads (see [`crate::appender`]).
@@ -74,6 +76,7 @@ pub struct Broker<S: Storage> {
     metadata: RwLock<Arc<MetadataView>>,
     logs: RwLock<HashMap<(String, i32), Log<S>>>,
     group_commit: Arc<GroupCommit<S>>,
+    health: Arc<StorageHealth>,
     appenders: Appenders,
     next_producer_id: Mutex<(i64, i64)>,
     shutdown: watch::Sender<bool>,
@@ -81,6 +84,8 @@ pub struct Broker<S: Storage> {
     applied_epoch: AtomicI64,
     /// Serialises metadata changes (create, delete, apply).
     metadata_change: Mutex<()>,
+    /// Turns of the keyless placement of plain records.
+    keyless_turn: AtomicU64,
 }
 
 impl<S: Storage> std::fmt::Debug for Broker<S> {
@@ -120,16 +125,19 @@ impl<S: Storage> Broker<S> {
             Some(b) if b.len() == 8 => i64::from_be_bytes(b[..].try_into().unwrap_or_default()),
             _ => 0,
         };
+        let health = Arc::new(StorageHealth::new(metrics.clone()));
         let group_commit = Arc::new(GroupCommit::start(
             storage.clone(),
             settings.flush_linger,
             metrics.clone(),
+            health.clone(),
         ));
         let (shutdown, _) = watch::channel(false);
         let broker = Self {
             metadata: RwLock::new(Arc::new(MetadataView::default())),
             logs: RwLock::new(HashMap::new()),
             group_commit,
+            health,
             appenders: Appenders::start(settings.append_threads),
             // Ids already handed out may have been used: start after the persisted limit.
             next_producer_id: Mutex::new((limit, limit)),
@@ -137,6 +145,7 @@ impl<S: Storage> Broker<S> {
             metrics,
             applied_epoch: AtomicI64::new(cluster.epoch),
             metadata_change: Mutex::new(()),
+            keyless_turn: AtomicU64::new(0),
             settings,
             storage,
         };
@@ -172,6 +181,34 @@ impl<S: Storage> Broker<S> {
         self.group_commit.stop();
     }
 
+    /// Why the storage is failed, while it is (every partition is offline meanwhile).
+    pub fn storage_failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// Takes the storage offline with `why`: every partition refuses appends and reads with the
+    /// cause, and every waiter wakes. One database holds every partition, so a store or flush
+    /// that fails fails them all; a restart reopens the storage (see [`crate::server`]).
+    pub fn fail_storage(&self, why: &str) {
+        self.health.fail(why);
+        for (_, log) in self.held_logs() {
+            log.take_offline(why);
+        }
+    }
+
+    /// Takes the storage offline when a flush has not finished within `limit` (a disk that
+    /// stopped answering): the waiters get their answer instead of a timeout.
+    pub fn check_flush_stall(&self, limit: Duration) {
+        if let Some(running) = self.group_commit.flush_running_for() {
+            if running >= limit && self.health.failure().is_none() {
+                self.fail_storage(&format!(
+                    "a flush has not completed for {} s: the disk does not answer",
+                    running.as_secs()
+                ));
+            }
+        }
+    }
+
     fn open_log(&self, topic: &str, partition: i32) -> Result<Log<S>, BrokerError> {
         if let Some(l) = self.logs.read().get(&(topic.to_string(), partition)) {
             return Ok(l.clone());
@@ -180,18 +217,23 @@ impl<S: Storage> Broker<S> {
         if let Some(l) = logs.get(&(topic.to_string(), partition)) {
             return Ok(l.clone());
         }
+        let log = self.recover_log(topic, partition)?;
+        logs.insert((topic.to_string(), partition), log.clone());
+        self.metrics.partitions.set(logs.len() as i64);
+        Ok(log)
+    }
+
+    /// Opens a partition's log and recovers its state from storage.
+    fn recover_log(&self, topic: &str, partition: i32) -> Result<Log<S>, BrokerError> {
         let floor = match self.storage.get_meta(&lso_key(topic, partition))? {
             Some(b) if b.len() == 8 => i64::from_be_bytes(b[..].try_into().unwrap_or_default()),
             _ => 0,
         };
         let store = self.storage.open_log(topic, partition)?;
-        let log = Arc::new(
+        Ok(Arc::new(
             PartitionLog::recover(store, floor)
                 .map_err(|e| BrokerError::log(topic, partition, e))?,
-        );
-        logs.insert((topic.to_string(), partition), log.clone());
-        self.metrics.partitions.set(logs.len() as i64);
-        Ok(log)
+        ))
     }
 
     fn install_metadata(&self, cluster: ClusterMetadata) {
@@ -230,6 +272,9 @@ impl<S: Storage> Broker<S> {
         topic: &str,
         partition: i32,
     ) -> Result<(Log<S>, LogConfig), BrokerError> {
+        if let Some(why) = self.health.failure() {
+            return Err(BrokerError::log(topic, partition, LogError::Offline(why)));
+        }
         let view = self.metadata.read().clone();
         let Some(t) = find_topic(&view.cluster, topic) else {
             return Err(BrokerError::UnknownTopic(topic.to_string()));
@@ -262,6 +307,44 @@ impl<S: Storage> Broker<S> {
             .copied()
             .unwrap_or(self.settings.log_defaults);
         Ok((self.open_log(topic, partition)?, config))
+    }
+
+    /// Standalone with `auto_create_topics`: creates the unknown `topic` and says so.
+    fn auto_create(&self, topic: &str) -> Result<bool, BrokerError> {
+        if !(self.settings.standalone && self.settings.auto_create_topics) {
+            return Ok(false);
+        }
+        match self.create_topic(
+            topic,
+            self.settings.default_partitions,
+            1,
+            TopicConfig::default(),
+        ) {
+            Ok(_) | Err(BrokerError::TopicExists(_)) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How many partitions `topic` has (creating it first where topics are created on first
+    /// produce).
+    pub fn partition_count(&self, topic: &str) -> Result<usize, BrokerError> {
+        let count = |md: &ClusterMetadata| find_topic(md, topic).map(|t| t.partitions.len());
+        if let Some(n) = count(&self.metadata.read().cluster) {
+            return Ok(n);
+        }
+        if self.auto_create(topic)? {
+            if let Some(n) = count(&self.metadata.read().cluster) {
+                return Ok(n);
+            }
+        }
+        Err(BrokerError::UnknownTopic(topic.to_string()))
+    }
+
+    /// The partition for the keyless records of the next plain-record produce: the partitions
+    /// in turn, one request after another.
+    pub fn next_keyless_partition(&self, partitions: usize) -> i32 {
+        let n = self.keyless_turn.fetch_add(1, Ordering::Relaxed);
+        (n % partitions.max(1) as u64) as i32
     }
 
     /// Appends to a partition this broker leads and waits as `acks` asks.
@@ -309,28 +392,20 @@ impl<S: Storage> Broker<S> {
             return Err(BrokerError::ShuttingDown);
         }
         let (log, config) = match self.leader_log(topic, partition) {
-            Err(BrokerError::UnknownTopic(_))
-                if self.settings.standalone && self.settings.auto_create_topics =>
-            {
-                self.create_topic(
-                    topic,
-                    self.settings.default_partitions,
-                    1,
-                    TopicConfig::default(),
-                )
-                .or_else(|e| {
-                    if matches!(e, BrokerError::TopicExists(_)) {
-                        Ok(TopicMetadata::default())
-                    } else {
-                        Err(e)
-                    }
-                })?;
+            Err(BrokerError::UnknownTopic(_)) if self.auto_create(topic)? => {
                 self.leader_log(topic, partition)?
             }
             other => other?,
         };
         let reservation = log
-            .reserve(batches, &config, now_ms())
+            .reserve(
+                batches,
+                &config,
+                &AppendContext {
+                    now_ms: now_ms(),
+                    producer_id_end: self.producer_id_end(),
+                },
+            )
             .map_err(|e| BrokerError::log(topic, partition, e))?;
         let outcome = reservation.outcome;
         let pending = PendingAppend {
@@ -363,9 +438,10 @@ impl<S: Storage> Broker<S> {
     /// Stores reserved batches and marks their partition for the next group commit. Stored
     /// outside the partition's lock: the high watermark only passes a contiguous stored prefix.
     fn store(&self, r: Reserved<S>) -> Result<(), BrokerError> {
-        r.log
-            .write(r.reservation)
-            .map_err(|e| BrokerError::log(&r.topic, r.partition, e))?;
+        if let Err(e) = r.log.write(r.reservation) {
+            self.fail_storage(&e.to_string());
+            return Err(BrokerError::log(&r.topic, r.partition, e));
+        }
         self.group_commit.mark_dirty(&r.topic, r.partition, &r.log);
         Ok(())
     }
@@ -405,8 +481,27 @@ impl<S: Storage> Broker<S> {
         }
     }
 
-    /// Hands out a new idempotent producer id (persisted in blocks, so ids never repeat).
-    pub fn init_producer_id(&self) -> Result<i64, BrokerError> {
+    /// Hands out a new idempotent producer id at epoch 0 (persisted in blocks, so ids never
+    /// repeat), or, for a producer that names its id and epoch, the next epoch of that id
+    /// (Kafka's KIP-360), which fences the older one on every partition.
+    pub fn init_producer_id(&self, current: Option<(i64, i32)>) -> Result<(i64, i16), BrokerError> {
+        if let Some((id, epoch)) = current {
+            if !(0..self.producer_id_end()).contains(&id) {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "producer id {id} was never issued: ask for a new one without an id"
+                )));
+            }
+            let Ok(epoch) = i16::try_from(epoch).map(|e| e.max(0)) else {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "producer epoch {epoch} is out of range (0 to {})",
+                    i16::MAX
+                )));
+            };
+            // The last epoch is used up: a new id, as Kafka does.
+            if epoch < i16::MAX - 1 {
+                return Ok((id, epoch + 1));
+            }
+        }
         let mut ids = self.next_producer_id.lock();
         if ids.0 >= ids.1 {
             let limit = ids.0 + PRODUCER_ID_BLOCK;
@@ -417,7 +512,18 @@ impl<S: Storage> Broker<S> {
         }
         let id = ids.0;
         ids.0 += 1;
-        Ok(id)
+        Ok((id, 0))
+    }
+
+    /// Producer ids below this may have been issued; batches with others are refused. Only a
+    /// standalone broker knows: in a cluster every broker still counts its own ids until the
+    /// controller hands out blocks, so there any id is taken.
+    pub fn producer_id_end(&self) -> i64 {
+        if self.settings.standalone {
+            self.next_producer_id.lock().1
+        } else {
+            i64::MAX
+        }
     }
 
     /// Standalone: creates a topic whose partitions this broker leads.
@@ -556,11 +662,15 @@ impl<S: Storage> Broker<S> {
         v
     }
 
-    /// Applies retention to every partition held.
+    /// Applies retention to every partition held, and forgets idle idempotent producers.
     pub fn apply_retention(&self) -> Result<(), BrokerError> {
         let view = self.metadata.read().clone();
         let now = now_ms();
         for ((topic, partition), log) in self.held_logs() {
+            let expired = log.expire_producers(now, self.settings.producer_id_expiration_ms);
+            if expired > 0 {
+                tracing::info!(topic, partition, expired, "forgot idle producers");
+            }
             let config = view
                 .log_configs
                 .get(&topic)
@@ -650,5 +760,144 @@ impl PendingAppend {
                 millis: self.timeout.as_millis() as u64,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigLayer;
+    use crate::storage::faulty::{Faults, FaultyStorage};
+    use crate::storage::MemoryStorage;
+    use runnel_codec::{BatchBuilder, Compression};
+    use tonic::Code;
+
+    type Faulty = FaultyStorage<MemoryStorage>;
+
+    fn broker() -> (Arc<Broker<Faulty>>, Arc<Faults>) {
+        let settings = ConfigLayer {
+            standalone: Some(true),
+            ..ConfigLayer::defaults()
+        }
+        .validate(|_| None)
+        .expect("config")
+        .settings;
+        let storage = Arc::new(Faulty::default());
+        let faults = storage.faults.clone();
+        let broker =
+            Broker::open(settings, storage, Arc::new(Metrics::default())).expect("open broker");
+        broker
+            .create_topic("t", 2, 1, TopicConfig::default())
+            .expect("topic");
+        (Arc::new(broker), faults)
+    }
+
+    /// Closes `broker` and opens a new one over its storage, as a restart does.
+    fn restart(broker: Arc<Broker<Faulty>>) -> Arc<Broker<Faulty>> {
+        let settings = broker.settings().clone();
+        let storage = broker.storage.clone();
+        broker.close();
+        drop(broker);
+        Arc::new(Broker::open(settings, storage, Arc::new(Metrics::default())).expect("reopen"))
+    }
+
+    fn batch(value: &str) -> Bytes {
+        let mut b = BatchBuilder::new(Compression::None, 1);
+        b.append(1, None, Some(value.as_bytes()), &[]);
+        b.build().expect("build")
+    }
+
+    /// acks=all on `partition`, answered within a few seconds either way.
+    async fn produce(
+        broker: &Arc<Broker<Faulty>>,
+        partition: i32,
+        value: &str,
+    ) -> Result<AppendOutcome, BrokerError> {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            broker.produce("t", partition, &[batch(value)], Acks::All),
+        )
+        .await
+        .expect("answered promptly, not left waiting for a flush that cannot happen")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_flush_takes_the_partitions_offline_until_the_storage_reopens() {
+        let (broker, faults) = broker();
+        assert_eq!(
+            produce(&broker, 0, "kept").await.expect("ok").base_offset,
+            0
+        );
+
+        Faults::set(&faults.fail_flush, true);
+        let e = produce(&broker, 0, "refused")
+            .await
+            .expect_err("flush fails");
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        assert!(e.to_string().contains("flush failed"), "{e}");
+        // Every partition is offline, reads too, and the metrics say so.
+        let e = produce(&broker, 1, "refused").await.expect_err("offline");
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        let e = broker
+            .fetch("t", 0, 0, 1 << 20, 0, Duration::ZERO)
+            .await
+            .expect_err("offline");
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        let metrics = broker.metrics().render();
+        assert!(
+            metrics.contains("runnel_broker_storage_offline 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("runnel_broker_offline_partitions 2"),
+            "{metrics}"
+        );
+        assert!(broker.storage_failure().is_some());
+
+        // Recovery is a restart over the same storage: what was durable is there, and the
+        // partitions serve again.
+        Faults::set(&faults.fail_flush, false);
+        let broker = restart(broker);
+        assert!(broker.storage_failure().is_none());
+        let next = produce(&broker, 0, "after").await.expect("serves again");
+        let read = broker
+            .fetch("t", 0, 0, 1 << 20, 0, Duration::ZERO)
+            .await
+            .expect("read");
+        let values: Vec<Bytes> = read
+            .batches
+            .iter()
+            .flat_map(|b| runnel_codec::decode_batch(b).expect("decode").1)
+            .filter_map(|r| r.value)
+            .collect();
+        assert_eq!(values.first().map(|v| &v[..]), Some(&b"kept"[..]));
+        assert_eq!(values.last().map(|v| &v[..]), Some(&b"after"[..]));
+        assert_eq!(next.base_offset as usize, values.len() - 1);
+
+        // Stopping with a failed disk does not hang.
+        Faults::set(&faults.fail_flush, true);
+        produce(&broker, 1, "refused").await.expect_err("fails");
+        let b = broker.clone();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || b.close()),
+        )
+        .await
+        .expect("close returns")
+        .expect("close");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_store_takes_the_storage_offline_and_recovery_closes_the_hole() {
+        let (broker, faults) = broker();
+        produce(&broker, 0, "a").await.expect("ok");
+        Faults::set(&faults.panic_puts, true);
+        let e = produce(&broker, 0, "b").await.expect_err("panics");
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        assert!(e.to_string().contains("panicked"), "{e}");
+        Faults::set(&faults.panic_puts, false);
+        let broker = restart(broker);
+        // The offset the failed append had reserved is given again: no hole.
+        assert_eq!(produce(&broker, 0, "c").await.expect("ok").base_offset, 1);
     }
 }

@@ -42,6 +42,8 @@ pub struct ConfigLayer {
     pub flush_linger_ms: Option<u64>,
     /// How long an acks=all produce waits for durability.
     pub produce_timeout_ms: Option<u64>,
+    /// Kafka's `producer.id.expiration.ms`: an idempotent producer idle this long is forgotten.
+    pub producer_id_expiration_ms: Option<i64>,
     /// sled page cache size.
     pub cache_capacity_bytes: Option<u64>,
     /// Threads serving the network: gRPC connections, decoding, checks, reads (default: one
@@ -70,10 +72,14 @@ pub const FIELDS: &[&str] = &[
     "retention_check_interval_ms",
     "flush_linger_ms",
     "produce_timeout_ms",
+    "producer_id_expiration_ms",
     "cache_capacity_bytes",
     "network_threads",
     "append_threads",
 ];
+
+/// Kafka's default `producer.id.expiration.ms`: one day.
+const DEFAULT_PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 3600 * 1000;
 
 /// Most threads of either kind.
 const MAX_THREADS: usize = 256;
@@ -123,6 +129,7 @@ impl ConfigLayer {
             retention_check_interval_ms: Some(300_000),
             flush_linger_ms: Some(0),
             produce_timeout_ms: Some(30_000),
+            producer_id_expiration_ms: Some(DEFAULT_PRODUCER_ID_EXPIRATION_MS),
             cache_capacity_bytes: Some(256 << 20),
             ..Default::default()
         }
@@ -150,6 +157,7 @@ impl ConfigLayer {
             retention_check_interval_ms,
             flush_linger_ms,
             produce_timeout_ms,
+            producer_id_expiration_ms,
             cache_capacity_bytes,
             network_threads,
             append_threads
@@ -270,6 +278,15 @@ impl ConfigLayer {
         if produce_timeout_ms == 0 {
             return Err(bad("produce_timeout_ms", "must be positive".into()));
         }
+        let producer_id_expiration_ms = self
+            .producer_id_expiration_ms
+            .unwrap_or(DEFAULT_PRODUCER_ID_EXPIRATION_MS);
+        if producer_id_expiration_ms < 1 {
+            return Err(bad(
+                "producer_id_expiration_ms",
+                format!("{producer_id_expiration_ms} must be positive"),
+            ));
+        }
         let threads = |field: &str, v: Option<usize>, default: usize| match v {
             Some(n) if !(1..=MAX_THREADS).contains(&n) => Err(bad(
                 field,
@@ -305,6 +322,7 @@ impl ConfigLayer {
                     log_append_time: false,
                 },
                 produce_timeout: Duration::from_millis(produce_timeout_ms),
+                producer_id_expiration_ms,
                 flush_linger: Duration::from_millis(self.flush_linger_ms.unwrap_or(0)),
                 append_threads,
             },

@@ -5,12 +5,18 @@
 //! watermark to the offset it noted. Producers waiting with `acks=all` wait for the high
 //! watermark to pass their last offset, so all the produces that arrive during one flush share
 //! the next one.
+//!
+//! A flush that fails (or panics) is not retried: the storage is marked failed
+//! ([`StorageHealth`]), the partitions it was making durable go offline at once, waking their
+//! waiters, and so does every partition marked dirty until the storage is reopened. Nothing
+//! waits on a disk that refuses writes, and stopping never hangs.
 
-use crate::log::PartitionLog;
+use crate::log::{panic_message, PartitionLog};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,12 +24,58 @@ use std::time::{Duration, Instant};
 
 type Log<S> = Arc<PartitionLog<<S as Storage>::Log>>;
 
+/// How long stopping waits for a flush under way.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether the broker's storage takes writes: set failed by the first failed store or flush,
+/// for the rest of the process (the broker restarts to reopen it). `/readyz` and `/metrics`
+/// report it.
+#[derive(Debug)]
+pub struct StorageHealth {
+    failure: Mutex<Option<String>>,
+    metrics: Arc<Metrics>,
+}
+
+impl StorageHealth {
+    /// Healthy storage, reporting to `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            failure: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// Marks the storage failed with `why`; the first cause is kept. Returns whether this call
+    /// made it fail.
+    pub fn fail(&self, why: &str) -> bool {
+        let mut failure = self.failure.lock();
+        if failure.is_some() {
+            return false;
+        }
+        tracing::error!(
+            cause = why,
+            "storage failed: its partitions are offline until it is reopened"
+        );
+        *failure = Some(why.to_string());
+        self.metrics.set_storage_failure(Some(why));
+        true
+    }
+
+    /// Why the storage failed, while it is failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+}
+
 struct Shared<S: Storage> {
     storage: Arc<S>,
     dirty: Mutex<HashMap<(String, i32), Log<S>>>,
     wake: Condvar,
     stopping: AtomicBool,
     metrics: Arc<Metrics>,
+    health: Arc<StorageHealth>,
+    /// When the flush under way started.
+    flushing_since: Mutex<Option<Instant>>,
 }
 
 /// The group-commit flusher of one broker.
@@ -41,13 +93,20 @@ impl<S: Storage> std::fmt::Debug for GroupCommit<S> {
 impl<S: Storage> GroupCommit<S> {
     /// Starts the flusher. `linger` lets a flush wait for more appends to join it (0: flush as
     /// soon as anything is dirty).
-    pub fn start(storage: Arc<S>, linger: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        storage: Arc<S>,
+        linger: Duration,
+        metrics: Arc<Metrics>,
+        health: Arc<StorageHealth>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             storage,
             dirty: Mutex::new(HashMap::new()),
             wake: Condvar::new(),
             stopping: AtomicBool::new(false),
             metrics,
+            health,
+            flushing_since: Mutex::new(None),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -70,13 +129,31 @@ impl<S: Storage> GroupCommit<S> {
         self.shared.wake.notify_one();
     }
 
-    /// Makes everything durable, stops the flusher and waits for it.
+    /// How long the flush under way has been running, if one is.
+    pub fn flush_running_for(&self) -> Option<Duration> {
+        self.shared.flushing_since.lock().map(|t| t.elapsed())
+    }
+
+    /// Makes everything durable, stops the flusher and waits for it, at most `STOP_WAIT` for
+    /// a flush stuck on a disk that does not answer.
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.wake.notify_all();
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
+        let Some(t) = self.thread.lock().take() else {
+            return;
+        };
+        let deadline = Instant::now() + STOP_WAIT;
+        while !t.is_finished() {
+            if Instant::now() >= deadline {
+                tracing::error!(
+                    "the flusher did not stop within {} s: a flush is stuck on the disk",
+                    STOP_WAIT.as_secs()
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
+        let _ = t.join();
     }
 }
 
@@ -110,14 +187,22 @@ fn flush_loop<S: Storage>(shared: &Shared<S>, linger: Duration) {
             })
             .collect();
         let started = Instant::now();
-        loop {
-            match shared.storage.flush() {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "flush failed; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+        *shared.flushing_since.lock() = Some(started);
+        let flushed = match shared.health.failure() {
+            Some(why) => Err(why),
+            None => match catch_unwind(AssertUnwindSafe(|| shared.storage.flush())) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("flush failed: {e}")),
+                Err(panic) => Err(format!("flush panicked: {}", panic_message(&*panic))),
+            },
+        };
+        *shared.flushing_since.lock() = None;
+        if let Err(why) = flushed {
+            shared.health.fail(&why);
+            for (log, _) in ends {
+                log.take_offline(&why);
             }
+            continue;
         }
         let took = started.elapsed();
         shared.metrics.flushes.inc();

@@ -109,6 +109,19 @@ pub enum BrokerError {
         /// The partition.
         partition: i32,
     },
+    /// A stored batch that cannot be decoded (it was stored before records were checked, or
+    /// the disk corrupted it).
+    #[error("topic `{topic}` partition {partition}: the stored batch at offset {offset} cannot be read: {reason}")]
+    CorruptBatch {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The batch's base offset.
+        offset: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Storage failed outside a partition log.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -130,19 +143,9 @@ impl BrokerError {
             | BrokerError::InvalidRequest(_) => Code::InvalidArgument,
             BrokerError::TopicExists(_) => Code::AlreadyExists,
             BrokerError::RequestTooLarge { .. } => Code::ResourceExhausted,
-            BrokerError::Log { source, .. } => match source {
-                LogError::InvalidBatch(_) | LogError::EmptyProduce | LogError::Unsupported(_) => {
-                    Code::InvalidArgument
-                }
-                LogError::BatchTooLarge { .. } => Code::ResourceExhausted,
-                LogError::OffsetOutOfRange { .. } => Code::OutOfRange,
-                LogError::OutOfOrderSequence { .. } | LogError::ProducerFenced { .. } => {
-                    Code::Aborted
-                }
-                LogError::Storage(_) => Code::Internal,
-                LogError::Offline(_) => Code::Unavailable,
-            },
+            BrokerError::Log { source, .. } => log_code(source),
             BrokerError::DurabilityTimeout { .. } => Code::DeadlineExceeded,
+            BrokerError::CorruptBatch { .. } => Code::DataLoss,
             BrokerError::Storage(_) | BrokerError::AppendAborted { .. } => Code::Internal,
             BrokerError::ShuttingDown => Code::Unavailable,
         }
@@ -159,6 +162,7 @@ impl BrokerError {
             Code::Aborted => "aborted",
             Code::AlreadyExists => "already_exists",
             Code::Unavailable => "unavailable",
+            Code::DataLoss => "data_loss",
             _ => "internal",
         }
     }
@@ -170,6 +174,23 @@ impl BrokerError {
             partition,
             source,
         }
+    }
+}
+
+/// The gRPC code of a partition log's error.
+fn log_code(e: &LogError) -> Code {
+    match e {
+        LogError::InBatch { source, .. } => log_code(source),
+        LogError::InvalidBatch(_)
+        | LogError::EmptyProduce
+        | LogError::Unsupported(_)
+        | LogError::OffsetDeltaMismatch { .. }
+        | LogError::UnknownProducerId { .. } => Code::InvalidArgument,
+        LogError::BatchTooLarge { .. } => Code::ResourceExhausted,
+        LogError::OffsetOutOfRange { .. } => Code::OutOfRange,
+        LogError::OutOfOrderSequence { .. } | LogError::ProducerFenced { .. } => Code::Aborted,
+        LogError::Storage(_) => Code::Internal,
+        LogError::Offline(_) => Code::Unavailable,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod log;
 pub mod metadata;
 pub mod metrics;
+pub mod records;
 pub mod retention;
 pub mod server;
 pub mod service;

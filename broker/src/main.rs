@@ -56,6 +56,9 @@ struct Flags {
     /// How long an acks=all produce waits for durability, in ms.
     #[arg(long)]
     produce_timeout_ms: Option<u64>,
+    /// How long an idle idempotent producer is remembered, in ms (producer.id.expiration.ms).
+    #[arg(long)]
+    producer_id_expiration_ms: Option<i64>,
     /// Threads serving gRPC connections (default: one per core).
     #[arg(long)]
     network_threads: Option<usize>,
@@ -82,6 +85,7 @@ impl Flags {
             retention_check_interval_ms: self.retention_check_interval_ms,
             flush_linger_ms: self.flush_linger_ms,
             produce_timeout_ms: self.produce_timeout_ms,
+            producer_id_expiration_ms: self.producer_id_expiration_ms,
             cache_capacity_bytes: None,
             network_threads: self.network_threads,
             append_threads: self.append_threads,

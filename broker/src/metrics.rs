@@ -47,7 +47,17 @@ pub struct Metrics {
     pub flush_partitions: Histogram,
     /// Partition logs held.
     pub partitions: Gauge,
+    /// 1 while the storage is failed and every partition is offline.
+    storage_offline: Gauge,
+    /// Times the storage failed.
+    storage_failures: Counter,
+    /// Times the storage was reopened after a failure.
+    pub storage_recoveries: Counter,
+    /// Partitions offline (all of them while the storage is failed).
+    pub offline_partitions: Gauge,
     ready: AtomicBool,
+    /// Why the storage is failed, for `/readyz`.
+    storage_failure: parking_lot::Mutex<Option<String>>,
 }
 
 impl Default for Metrics {
@@ -61,6 +71,10 @@ impl Default for Metrics {
         let flush_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let flush_partitions = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let partitions = Gauge::default();
+        let storage_offline = Gauge::default();
+        let storage_failures = Counter::default();
+        let storage_recoveries = Counter::default();
+        let offline_partitions = Gauge::default();
         registry.register(
             "produced_records",
             "Records appended",
@@ -93,6 +107,26 @@ impl Default for Metrics {
             flush_partitions.clone(),
         );
         registry.register("partitions", "Partition logs held", partitions.clone());
+        registry.register(
+            "storage_offline",
+            "1 while the storage is failed and its partitions are offline",
+            storage_offline.clone(),
+        );
+        registry.register(
+            "storage_failures",
+            "Times the storage failed (a store or flush error)",
+            storage_failures.clone(),
+        );
+        registry.register(
+            "storage_recoveries",
+            "Times the storage was reopened after a failure",
+            storage_recoveries.clone(),
+        );
+        registry.register(
+            "offline_partitions",
+            "Partitions offline",
+            offline_partitions.clone(),
+        );
         Self {
             registry,
             produced_records,
@@ -103,7 +137,12 @@ impl Default for Metrics {
             flush_seconds,
             flush_partitions,
             partitions,
+            storage_offline,
+            storage_failures,
+            storage_recoveries,
+            offline_partitions,
             ready: AtomicBool::new(false),
+            storage_failure: parking_lot::Mutex::new(None),
         }
     }
 }
@@ -144,6 +183,34 @@ impl Metrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// Reports the storage failed (`Some(why)`) or working again.
+    pub fn set_storage_failure(&self, why: Option<&str>) {
+        let mut failure = self.storage_failure.lock();
+        match why {
+            Some(_) => {
+                self.storage_failures.inc();
+                self.storage_offline.set(1);
+                self.offline_partitions.set(self.partitions.get());
+            }
+            None => {
+                self.storage_offline.set(0);
+                self.offline_partitions.set(0);
+            }
+        }
+        *failure = why.map(str::to_string);
+    }
+
+    /// `/readyz`: ready once recovered and listening, and while the storage takes writes.
+    fn readiness(&self) -> Result<(), String> {
+        if let Some(why) = self.storage_failure.lock().as_ref() {
+            return Err(format!("storage offline: {why}\n"));
+        }
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err("starting\n".to_string());
+        }
+        Ok(())
+    }
+
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -164,10 +231,9 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .route(
             "/readyz",
             get(|State(m): State<Arc<Metrics>>| async move {
-                if m.ready.load(Ordering::SeqCst) {
-                    (StatusCode::OK, "ready\n").into_response()
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+                match m.readiness() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_string()).into_response(),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
                 }
             }),
         )

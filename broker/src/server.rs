@@ -8,6 +8,7 @@ use crate::storage::SledStorage;
 use anyhow::Context;
 use runnel_proto::v1::admin_server::AdminServer;
 use runnel_proto::v1::broker_server::BrokerServer;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -17,6 +18,14 @@ const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Largest HTTP/2 frame accepted from clients (HTTP/2's default is 16 KiB).
 const MAX_FRAME_BYTES: u32 = 1 << 20;
+
+/// How often a failed storage's disk is probed, and how often that is logged.
+const STORAGE_RETRY: Duration = Duration::from_secs(1);
+const STORAGE_RETRY_REPORT: Duration = Duration::from_secs(30);
+/// The disk must take this much before the broker restarts onto it.
+const PROBE_BYTES: usize = 4 << 20;
+/// How long answers already on their way get before a restart in place.
+const RESTART_GRACE: Duration = Duration::from_millis(200);
 
 /// How long in-flight requests get to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -48,11 +57,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<AdminServer<AdminService<SledStorage>>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(runnel_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: stock grpcio and older grpcurl speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(runnel_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -87,6 +103,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    // The storage watch: a flush that stops answering fails the storage; a failed storage is
+    // reopened, once its disk takes writes again, by starting this broker afresh in place.
+    let watched = broker.clone();
+    let watch_metrics = metrics.clone();
+    let data_dir = config.data_dir.clone();
+    // A flush this slow fails the storage before the producers waiting on it time out.
+    let flush_stall = config.settings.produce_timeout / 2;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STORAGE_RETRY);
+        let mut last_report = None::<tokio::time::Instant>;
+        loop {
+            tick.tick().await;
+            watched.check_flush_stall(flush_stall);
+            if watched.storage_failure().is_none() || *watched.shutdown_signal().borrow() {
+                continue;
+            }
+            let dir = data_dir.clone();
+            match tokio::task::spawn_blocking(move || disk_takes_writes(&dir)).await {
+                Ok(Ok(())) => {
+                    tracing::warn!("the disk takes writes again: restarting to reopen the storage");
+                    watch_metrics.set_ready(false);
+                    watched.begin_shutdown();
+                    tokio::time::sleep(RESTART_GRACE).await;
+                    let e = restart_in_place();
+                    tracing::error!(error = %e, "restarting in place failed; retrying");
+                }
+                Ok(Err(e)) => {
+                    if last_report.is_none_or(|t| t.elapsed() >= STORAGE_RETRY_REPORT) {
+                        tracing::warn!(error = %e, "the disk still refuses writes; trying every second");
+                        last_report = Some(tokio::time::Instant::now());
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "the disk probe failed"),
+            }
+        }
+    });
+
     let shutdown_broker = broker.clone();
     let signal = async move {
         wait_for_signal().await;
@@ -109,7 +162,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // one per 16 KiB (HTTP/2's default), each with its own bookkeeping.
         .max_frame_size(Some(MAX_FRAME_BYTES))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(data)
         .add_service(admin)
         .serve_with_incoming_shutdown(
@@ -133,8 +187,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics.set_ready(false);
     let b = broker.clone();
     tokio::task::spawn_blocking(move || b.close()).await?;
-    tracing::info!("stopped; all appended records are flushed");
+    if let Some(why) = broker.storage_failure() {
+        tracing::warn!(
+            cause = why,
+            "stopped with the storage failed: acknowledged records are on disk, others may be lost"
+        );
+        // The embedded database flushes when it is dropped, and on a disk that failed that
+        // flush may never return: this broker is never dropped, the process just ends.
+        std::mem::forget(broker);
+    } else {
+        tracing::info!("stopped; all appended records are flushed");
+    }
     Ok(())
+}
+
+/// Writes, syncs and removes a file of `PROBE_BYTES` in `dir`: whether its disk takes writes.
+fn disk_takes_writes(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".runnel-disk-probe");
+    let result = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// Replaces this process with a fresh start of the same broker: the same program, arguments
+/// and environment, so the same listeners and data directory. The embedded database keeps the
+/// first write error it meets and may not let go of its files within the process, so a start
+/// is the sure way to reopen it; recovery then keeps what is durable, as after a crash.
+/// Returns only if the start could not be made.
+fn restart_in_place() -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    std::process::Command::new(program)
+        .args(std::env::args_os().skip(1))
+        .exec()
 }
 
 #[cfg(unix)]

@@ -568,6 +568,7 @@ async fn fetch_loop(
             max_bytes: config.max_bytes,
             max_wait_ms: config.max_wait.as_millis() as u32,
             min_bytes: config.min_bytes,
+            ..Default::default()
         };
         match c.fetch(request).await {
             Ok(resp) => {

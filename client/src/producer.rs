@@ -626,7 +626,7 @@ impl Producer {
             let resp = cluster
                 .broker()
                 .await?
-                .init_producer_id(InitProducerIdRequest {})
+                .init_producer_id(InitProducerIdRequest::default())
                 .await
                 .map_err(|s| Error::rpc("init producer id (idempotent producer)", s))?
                 .into_inner();
@@ -1334,11 +1334,11 @@ impl Sender {
         self.next_correlation += 1;
         let request = ProduceRequest {
             topic: batch.topic.to_string(),
-            partition: batch.partition,
+            partition: Some(batch.partition),
             acks: self.shared.config.acks.wire() as i32,
             batches: batch.data.clone().unwrap_or_default(),
-            records: Vec::new(),
             correlation_id,
+            ..Default::default()
         };
         let sent = match self.conns.get_mut(&conn_id) {
             Some(conn) if conn.requests.send(request).is_ok() => {

@@ -63,9 +63,9 @@ impl FakeBroker {
         let mut topics = self.topics.lock().expect("lock");
         let log = topics
             .get_mut(&req.topic)
-            .and_then(|t| t.get_mut(req.partition as usize))
+            .and_then(|t| t.get_mut(req.partition.unwrap_or(0) as usize))
             .ok_or_else(|| {
-                Status::not_found(format!("unknown `{}`/{}", req.topic, req.partition))
+                Status::not_found(format!("unknown `{}`/{:?}", req.topic, req.partition))
             })?;
         if header.producer_id >= 0 {
             if let Some(&(seq, count, base)) = log.producers.get(&header.producer_id) {
@@ -157,12 +157,12 @@ impl Broker for Service {
                 let mut resp = ProduceResponse {
                     correlation_id: req.correlation_id,
                     topic: req.topic.clone(),
-                    partition: req.partition,
+                    partition: req.partition.unwrap_or(0),
                     base_offset: -1,
                     last_offset: -1,
                     log_append_time_ms: -1,
                     log_start_offset: 0,
-                    error: None,
+                    ..Default::default()
                 };
                 let result = match fail {
                     Some(code) => Err(Status::new(code, "injected failure")),
@@ -236,6 +236,7 @@ impl Broker for Service {
             log_start_offset: 0,
             batches: batches.into(),
             next_offset: next,
+            ..Default::default()
         }))
     }
 

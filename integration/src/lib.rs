@@ -54,23 +54,43 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker on `data_dir` and waits until it serves.
     pub fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::launch(data_dir, extra, None)
+        Self::launch(data_dir, &data_dir.with_extension("log"), extra, None)
+    }
+
+    /// Like [`Broker::start`], with the broker's log at `log_path` (for a data directory on a
+    /// disk the test fills up, which must not swallow the log).
+    pub fn start_logging_to(
+        data_dir: &Path,
+        log_path: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::launch(data_dir, log_path, extra, None)
     }
 
     /// Starts a broker in operator mode with the environment of the pod `pod_name` (its id is
     /// the name's ordinal; `POD_IP` is 127.0.0.1): it serves only the metadata it is sent.
     pub fn start_as_pod(data_dir: &Path, pod_name: &str) -> anyhow::Result<Self> {
-        Self::launch(data_dir, &[], Some(pod_name.to_string()))
+        Self::launch(
+            data_dir,
+            &data_dir.with_extension("log"),
+            &[],
+            Some(pod_name.to_string()),
+        )
     }
 
-    fn launch(data_dir: &Path, extra: &[&str], pod_name: Option<String>) -> anyhow::Result<Self> {
+    fn launch(
+        data_dir: &Path,
+        log_path: &Path,
+        extra: &[&str],
+        pod_name: Option<String>,
+    ) -> anyhow::Result<Self> {
         let port = free_port();
         let mut b = Broker {
             child: None,
             address: format!("127.0.0.1:{port}"),
             metrics_address: String::new(),
             data_dir: data_dir.to_path_buf(),
-            log_path: data_dir.with_extension("log"),
+            log_path: log_path.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             port,
             pod_name,
@@ -245,4 +265,75 @@ pub fn records(batches: &[u8]) -> anyhow::Result<Vec<runnel_codec::Record>> {
         out.extend(runnel_codec::decode_batch(b?)?.1);
     }
     Ok(out)
+}
+
+/// `GET path` over HTTP/1.0 from `addr` (host:port); the whole answer, status line included.
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// A tmpfs of a fixed size mounted on a fresh directory: a small disk a test can fill to the
+/// last byte. Unmounted on drop, also when the test fails. Needs root (`make test` runs as
+/// root).
+#[derive(Debug)]
+pub struct Tmpfs {
+    /// Where it is mounted.
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_bytes`.
+    pub fn mount(size_bytes: u64) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!(
+                "mount -t tmpfs failed ({}): {}; this test needs root (run `make test` as root)",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self { path, _dir: dir })
+    }
+
+    /// Writes zeros into `name` until the filesystem refuses (ENOSPC); returns the bytes
+    /// written. The disk is then full to its last byte.
+    pub fn fill(&self, name: &str) -> anyhow::Result<u64> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path.join(name))?;
+        let chunk = vec![0u8; 64 << 10];
+        let mut written = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The last partial pages too, a byte at a time.
+        while let Ok(1) = f.write(&[0]) {
+            written += 1;
+        }
+        Ok(written)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }

@@ -23,7 +23,7 @@ fn batch(values: &[&str]) -> Bytes {
 fn produce(topic: &str, partition: i32, batches: Bytes) -> ProduceRequest {
     ProduceRequest {
         topic: topic.into(),
-        partition,
+        partition: Some(partition),
         acks: Acks::All as i32,
         batches,
         ..Default::default()

@@ -93,7 +93,7 @@ async fn restart_keeps_records_offsets_and_topics() -> anyhow::Result<()> {
             let r = data
                 .produce(ProduceRequest {
                     topic: "events".into(),
-                    partition: p,
+                    partition: Some(p),
                     acks: Acks::All as i32,
                     batches: batch(&format!("p{p}r{round}"), 10),
                     ..Default::default()
@@ -141,7 +141,7 @@ async fn restart_keeps_records_offsets_and_topics() -> anyhow::Result<()> {
     let r = data
         .produce(ProduceRequest {
             topic: "events".into(),
-            partition: 1,
+            partition: Some(1),
             acks: Acks::All as i32,
             batches: batch("after", 1),
             ..Default::default()
@@ -174,7 +174,7 @@ async fn sigterm_answers_in_flight_produces_then_exits_zero() -> anyhow::Result<
             for i in 0..10_000 {
                 let req = ProduceRequest {
                     topic: "t".into(),
-                    partition: 0,
+                    partition: Some(0),
                     acks: Acks::All as i32,
                     batches: batch(&format!("w{w}-{i}"), 5),
                     ..Default::default()
@@ -265,7 +265,7 @@ async fn long_poll_fetch_and_subscribe_see_new_records() -> anyhow::Result<()> {
             topic: "live".into(),
             partition: 0,
             offset: 0,
-            max_bytes: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -286,7 +286,7 @@ async fn long_poll_fetch_and_subscribe_see_new_records() -> anyhow::Result<()> {
     let started = Instant::now();
     data.produce(ProduceRequest {
         topic: "live".into(),
-        partition: 0,
+        partition: Some(0),
         acks: Acks::All as i32,
         batches: batch("x", 3),
         ..Default::default()
@@ -304,14 +304,16 @@ async fn long_poll_fetch_and_subscribe_see_new_records() -> anyhow::Result<()> {
     assert_eq!(pushed.next_offset, 3);
 
     // Health, metrics, readiness.
-    let body = http_get(&broker.metrics_address, "/metrics").await?;
+    let body = runnel_integration::http_get(&broker.metrics_address, "/metrics").await?;
     assert!(
         body.contains("runnel_broker_produced_records_total{topic=\"live\"} 3"),
         "{body}"
     );
-    assert!(http_get(&broker.metrics_address, "/readyz")
-        .await?
-        .contains("ready"));
+    assert!(
+        runnel_integration::http_get(&broker.metrics_address, "/readyz")
+            .await?
+            .contains("ready")
+    );
     let mut health = tonic_health_client(&broker).await?;
     let resp = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -332,16 +334,6 @@ async fn tonic_health_client(
         .connect()
         .await?;
     Ok(tonic_health::pb::health_client::HealthClient::new(channel))
-}
-
-async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,7 +365,7 @@ async fn retention_deletes_whole_batches_from_the_front() -> anyhow::Result<()> 
     for _ in 0..10 {
         data.produce(ProduceRequest {
             topic: "short".into(),
-            partition: 0,
+            partition: Some(0),
             acks: Acks::All as i32,
             batches: batch_at("r", 10, now),
             ..Default::default()

@@ -59,7 +59,7 @@ fn orders() -> TopicMetadata {
 fn produce(partition: i32, value: &str) -> ProduceRequest {
     ProduceRequest {
         topic: "orders".into(),
-        partition,
+        partition: Some(partition),
         acks: Acks::All as i32,
         records: vec![Record {
             value: Some(value.as_bytes().to_vec().into()),

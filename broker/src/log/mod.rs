@@ -7,19 +7,19 @@
 //! group commit ([`crate::durability`]) has made the batches below it durable: a consumer never
 //! sees a record that a crash could take back.
 
+mod checks;
+mod producer;
+
 use crate::retention::{retention_cut, BatchMeta};
 use crate::storage::{BatchLog, StorageError};
 use bytes::Bytes;
 use parking_lot::Mutex;
+use producer::{Producers, SequenceCheck};
 use runnel_codec::{self as codec, BatchHeader, CodecError, NO_PRODUCER_ID};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
-
-/// How many recent batches per producer and partition are remembered for duplicate detection.
-/// Kafka keeps 5 and caps in-flight requests at 5; acks=all here waits for an fsync, so
-/// producers keep more batches in flight to fill the pipe, and the window covers them.
-const PRODUCER_WINDOW: usize = 64;
 
 /// A partition log's failure, without the topic/partition (the service edge adds those).
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,24 @@ pub enum LogError {
     /// A produce request carried no batch and no record.
     #[error("produce request carries no records")]
     EmptyProduce,
+    /// One batch of a request with several failed; the request was refused whole.
+    #[error("batch {index} of {count} in the request: {source}")]
+    InBatch {
+        /// Its place in the request, from 0.
+        index: usize,
+        /// How many batches the request carried.
+        count: usize,
+        /// What is wrong with it.
+        source: Box<LogError>,
+    },
+    /// `lastOffsetDelta` does not match the records count: a batch's offsets are its own.
+    #[error("lastOffsetDelta {last_offset_delta} does not match the batch's {records_count} records (it must be the records count minus one)")]
+    OffsetDeltaMismatch {
+        /// The header's `lastOffsetDelta`.
+        last_offset_delta: i32,
+        /// The header's `recordsCount`.
+        records_count: i32,
+    },
     /// A batch is larger than the topic's `max.message.bytes`.
     #[error("record batch of {size} bytes exceeds max.message.bytes of {max}")]
     BatchTooLarge {
@@ -70,6 +88,12 @@ pub enum LogError {
         epoch: i16,
         /// The newest epoch seen.
         current: i16,
+    },
+    /// A batch carries a producer id that no broker of the cluster issued.
+    #[error("unknown producer id {producer_id}: it was never issued; ask the broker for one with InitProducerId")]
+    UnknownProducerId {
+        /// The producer id in the batch.
+        producer_id: i64,
     },
     /// The storage underneath failed.
     #[error(transparent)]
@@ -119,6 +143,26 @@ pub struct AppendOutcome {
     pub duplicate: bool,
 }
 
+/// What an append needs to know of the broker around the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendContext {
+    /// The broker's clock, for log-append time and producer expiry.
+    pub now_ms: i64,
+    /// Producer ids below this may have been issued in the cluster; batches with a producer
+    /// id at or above it are refused (the broker never issued it).
+    pub producer_id_end: i64,
+}
+
+impl AppendContext {
+    /// A context at `now_ms` in which every producer id may have been issued.
+    pub fn at(now_ms: i64) -> Self {
+        Self {
+            now_ms,
+            producer_id_end: i64::MAX,
+        }
+    }
+}
+
 /// Batches with offsets assigned, not yet stored; see [`PartitionLog::reserve`].
 #[derive(Debug)]
 pub struct Reservation<B> {
@@ -163,81 +207,6 @@ pub struct LogSummary {
     pub batch_count: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct SequenceRange {
-    first_seq: i32,
-    last_seq: i32,
-    base_offset: i64,
-    last_offset: i64,
-}
-
-#[derive(Debug, Default)]
-struct ProducerState {
-    epoch: i16,
-    recent: VecDeque<SequenceRange>,
-}
-
-enum SequenceCheck {
-    Append,
-    Duplicate(SequenceRange),
-}
-
-impl ProducerState {
-    fn check(&self, h: &BatchHeader) -> Result<SequenceCheck, LogError> {
-        if h.producer_epoch < self.epoch {
-            return Err(LogError::ProducerFenced {
-                producer_id: h.producer_id,
-                epoch: h.producer_epoch,
-                current: self.epoch,
-            });
-        }
-        let Some(last) = self.recent.back() else {
-            return Ok(SequenceCheck::Append);
-        };
-        if h.producer_epoch > self.epoch {
-            return Ok(SequenceCheck::Append);
-        }
-        let first_seq = h.base_sequence;
-        if let Some(seen) = self.recent.iter().find(|r| r.first_seq == first_seq) {
-            return Ok(SequenceCheck::Duplicate(*seen));
-        }
-        let expected = next_sequence(last.last_seq);
-        if first_seq != expected {
-            return Err(LogError::OutOfOrderSequence {
-                producer_id: h.producer_id,
-                expected,
-                got: first_seq,
-            });
-        }
-        Ok(SequenceCheck::Append)
-    }
-
-    fn record(&mut self, h: &BatchHeader, base_offset: i64) {
-        if h.producer_epoch > self.epoch {
-            self.epoch = h.producer_epoch;
-            self.recent.clear();
-        }
-        if self.recent.len() == PRODUCER_WINDOW {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(SequenceRange {
-            first_seq: h.base_sequence,
-            last_seq: h.base_sequence.wrapping_add(h.last_offset_delta) & i32::MAX,
-            base_offset,
-            last_offset: base_offset + i64::from(h.last_offset_delta),
-        });
-    }
-}
-
-/// Sequences wrap from `i32::MAX` to 0, as in Kafka.
-fn next_sequence(seq: i32) -> i32 {
-    if seq == i32::MAX {
-        0
-    } else {
-        seq + 1
-    }
-}
-
 #[derive(Debug)]
 struct LogState {
     log_start_offset: i64,
@@ -249,7 +218,7 @@ struct LogState {
     high_watermark: i64,
     index: VecDeque<BatchMeta>,
     size_bytes: u64,
-    producers: HashMap<i64, ProducerState>,
+    producers: Producers,
 }
 
 impl LogState {
@@ -276,7 +245,7 @@ impl<L: BatchLog> PartitionLog<L> {
     pub fn recover(store: L, log_start_floor: i64) -> Result<Self, LogError> {
         let mut index: VecDeque<BatchMeta> = VecDeque::new();
         let mut size_bytes = 0u64;
-        let mut producers: HashMap<i64, ProducerState> = HashMap::new();
+        let mut producers = Producers::default();
         let mut stored = store.scan()?.into_iter();
         for (base, batch) in stored.by_ref() {
             // Batches are stored concurrently, so a crash can leave a batch stored after one
@@ -296,7 +265,7 @@ impl<L: BatchLog> PartitionLog<L> {
                 StorageError::Corrupt(format!("stored batch at offset {base}: {e}"))
             })?;
             if h.producer_id != NO_PRODUCER_ID {
-                producers.entry(h.producer_id).or_default().record(&h, base);
+                producers.record(&h, base, 0);
             }
             size_bytes += batch.len() as u64;
             index.push_back(BatchMeta::of(&h, batch.len()));
@@ -331,92 +300,84 @@ impl<L: BatchLog> PartitionLog<L> {
         })
     }
 
-    /// Validates and appends the batches of one produce request (all are checked before any is
-    /// written): [`Self::reserve`] then [`Self::write`]. The caller makes them durable and
-    /// advances the high watermark.
+    /// Validates and appends the batches of one produce request, all or none:
+    /// [`Self::reserve`] then [`Self::write`]. The caller makes them durable and advances the
+    /// high watermark.
     pub fn append(
         &self,
         batches: &[Bytes],
         config: &LogConfig,
-        now_ms: i64,
+        ctx: &AppendContext,
     ) -> Result<AppendOutcome, LogError> {
-        let reservation = self.reserve(batches, config, now_ms)?;
+        let reservation = self.reserve(batches, config, ctx)?;
         self.write(reservation)
     }
 
     /// Validates the batches of one produce request and assigns their offsets (in request
-    /// order; idempotent duplicates are answered from the producer state). Nothing is stored
-    /// yet: [`Self::write`] stores them, possibly on another thread and concurrently with later
-    /// reservations, since the high watermark only passes batches once every batch below them
-    /// is stored.
+    /// order; idempotent duplicates are answered from the producer state). Every batch is
+    /// checked, its records and its producer's sequence included, before anything changes: a
+    /// request that fails changes nothing, and its error names the batch and why. Nothing is
+    /// stored yet: [`Self::write`] stores them, possibly on another thread and concurrently
+    /// with later reservations, since the high watermark only passes batches once every batch
+    /// below them is stored.
     pub fn reserve(
         &self,
         batches: &[Bytes],
         config: &LogConfig,
-        now_ms: i64,
+        ctx: &AppendContext,
     ) -> Result<Reservation<L::Buf>, LogError> {
         if let Some(why) = self.offline.get() {
             return Err(LogError::Offline(why.clone()));
         }
-        if batches.is_empty() {
-            return Err(LogError::EmptyProduce);
-        }
-        let mut headers = Vec::with_capacity(batches.len());
-        for b in batches {
-            if b.len() > config.max_message_bytes {
-                return Err(LogError::BatchTooLarge {
-                    size: b.len(),
-                    max: config.max_message_bytes,
-                });
-            }
-            let h = codec::validate_batch(b)?;
-            if h.total_len() != b.len() {
-                return Err(CodecError::MalformedRecord(format!(
-                    "{} trailing bytes after the batch",
-                    b.len() - h.total_len()
-                ))
-                .into());
-            }
-            if h.records_count == 0 {
-                return Err(LogError::EmptyProduce);
-            }
-            if h.is_transactional() || h.is_control() {
-                return Err(LogError::Unsupported(
-                    "transactional and control batches are not supported",
+        let headers = checks::check_batches(batches, config)?;
+        for (i, h) in headers.iter().enumerate() {
+            if h.producer_id != NO_PRODUCER_ID && !(0..ctx.producer_id_end).contains(&h.producer_id)
+            {
+                return Err(checks::in_batch(
+                    i,
+                    headers.len(),
+                    LogError::UnknownProducerId {
+                        producer_id: h.producer_id,
+                    },
                 ));
             }
-            headers.push(h);
         }
 
         // Copied into storage's buffers before taking the partition's lock, which the store of
         // earlier batches and the flusher need meanwhile. A duplicate's copy is wasted; rare.
         let buffers: Vec<L::Buf> = batches.iter().map(|b| L::buffer(b)).collect();
         let mut state = self.state.lock();
+        let decisions = state
+            .producers
+            .check_all(&headers)
+            .map_err(|(i, e)| checks::in_batch(i, headers.len(), e))?;
+        // From here on nothing fails: the request is appended whole.
         let mut first: Option<i64> = None;
         let mut last = -1;
         let mut writes = Vec::with_capacity(batches.len());
-        let append_time = if config.log_append_time { now_ms } else { -1 };
-        for (mut batch, h) in buffers.into_iter().zip(&headers) {
-            if h.producer_id != NO_PRODUCER_ID {
-                let producer = state.producers.entry(h.producer_id).or_default();
-                if let SequenceCheck::Duplicate(seen) = producer.check(h)? {
-                    first.get_or_insert(seen.base_offset);
-                    last = seen.last_offset;
-                    continue;
-                }
+        let append_time = if config.log_append_time {
+            ctx.now_ms
+        } else {
+            -1
+        };
+        for ((mut batch, h), decision) in buffers.into_iter().zip(&headers).zip(decisions) {
+            if let Some(SequenceCheck::Duplicate(seen)) = decision {
+                first.get_or_insert(seen.base_offset);
+                last = seen.last_offset;
+                continue;
             }
             let base = state.log_end_offset;
             codec::set_base_offset(batch.as_mut(), base);
+            let mut stored = *h;
+            stored.base_offset = base;
             if config.log_append_time {
-                codec::set_log_append_time(batch.as_mut(), now_ms)?;
+                // The batch was checked above; stamping rewrites the CRC over checked bytes.
+                if codec::set_log_append_time(batch.as_mut(), ctx.now_ms).is_ok() {
+                    stored.max_timestamp = ctx.now_ms;
+                }
             }
-            let stored = codec::read_header(batch.as_ref())?;
             if h.producer_id != NO_PRODUCER_ID {
-                state
-                    .producers
-                    .entry(h.producer_id)
-                    .or_default()
-                    .record(h, base);
+                state.producers.record(h, base, ctx.now_ms);
             }
             state.log_end_offset = stored.next_offset();
             let len = batch.as_ref().len();
@@ -438,16 +399,25 @@ impl<L: BatchLog> PartitionLog<L> {
         })
     }
 
-    /// Stores reserved batches. On failure the partition's high watermark stops below them
-    /// (nothing after them becomes visible or acknowledged), as a Kafka partition whose log
-    /// directory failed goes offline.
+    /// Stores reserved batches. A failed or panicking store takes the log offline: appends are
+    /// refused from then on with the cause, waiters for the high watermark wake and see why it
+    /// will not pass the hole, as a Kafka partition whose log directory failed goes offline.
     pub fn write(&self, reservation: Reservation<L::Buf>) -> Result<AppendOutcome, LogError> {
         for (base, next, batch) in reservation.writes {
-            if let Err(e) = self.store.put(base, batch) {
-                // Waiters for the high watermark wake and see why it will not pass.
-                let _ = self.offline.set(e.to_string());
-                self.high_watermark.send_modify(|_| {});
-                return Err(e.into());
+            let put = catch_unwind(AssertUnwindSafe(|| self.store.put(base, batch)));
+            let failure = match put {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(panic) => Some(format!(
+                    "storing the batch at offset {base} panicked: {}",
+                    panic_message(&*panic)
+                )),
+            };
+            if let Some(why) = failure {
+                self.take_offline(&why);
+                return Err(LogError::Offline(
+                    self.offline.get().cloned().unwrap_or(why),
+                ));
             }
             let mut s = self.state.lock();
             if base == s.stored_end {
@@ -464,6 +434,14 @@ impl<L: BatchLog> PartitionLog<L> {
             }
         }
         Ok(reservation.outcome)
+    }
+
+    /// Takes the log offline with `why` (the first cause is kept) and wakes every waiter.
+    pub fn take_offline(&self, why: &str) {
+        if self.offline.set(why.to_string()).is_ok() {
+            tracing::error!(cause = why, "partition log offline");
+        }
+        self.high_watermark.send_modify(|_| {});
     }
 
     /// The log end offset: the offset the next record gets.
@@ -502,6 +480,9 @@ impl<L: BatchLog> PartitionLog<L> {
     /// Reads committed batches (below the high watermark) from `offset`, up to `max_bytes`
     /// (at least one batch when any is available).
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, LogError> {
+        if let Some(why) = self.offline.get() {
+            return Err(LogError::Offline(why.clone()));
+        }
         let (from_base, hw, lso) = {
             let s = self.state.lock();
             if offset < s.log_start_offset || offset > s.log_end_offset {
@@ -535,6 +516,18 @@ impl<L: BatchLog> PartitionLog<L> {
             log_start_offset: lso,
             next_offset,
         })
+    }
+
+    /// Forgets the idempotent producers that have not appended for `expiration_ms` (Kafka's
+    /// `producer.id.expiration.ms`), so that the state stays bounded; returns how many went. A
+    /// forgotten producer that comes back is taken as new.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.state.lock().producers.expire(now_ms, expiration_ms)
+    }
+
+    /// How many idempotent producers the log remembers.
+    pub fn producer_count(&self) -> usize {
+        self.state.lock().producers.len()
     }
 
     /// Offsets and size.
@@ -607,6 +600,15 @@ impl<L: BatchLog> PartitionLog<L> {
     }
 }
 
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
 impl BatchMeta {
     fn of(h: &BatchHeader, size: usize) -> Self {
         BatchMeta {
@@ -643,69 +645,54 @@ mod tests {
         LogConfig::default()
     }
 
-    /// A store whose puts fail once `failing` is set: sled cannot be made to fail on demand.
-    #[derive(Debug, Default)]
-    struct FailingLog {
-        inner: crate::storage::MemoryStorage,
-        failing: std::sync::atomic::AtomicBool,
-    }
-
-    impl FailingLog {
-        fn set_failing(&self, on: bool) {
-            self.failing.store(on, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    impl BatchLog for Arc<FailingLog> {
-        type Buf = Vec<u8>;
-        fn buffer(batch: &[u8]) -> Vec<u8> {
-            batch.to_vec()
-        }
-        fn put(&self, base_offset: i64, batch: Vec<u8>) -> Result<(), StorageError> {
-            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(StorageError::Io(std::io::Error::other("disk gone")));
-            }
-            self.inner.open_log("t", 0)?.put(base_offset, batch)
-        }
-        fn read(&self, from: i64, end: i64, max: usize) -> Result<Vec<Bytes>, StorageError> {
-            self.inner.open_log("t", 0)?.read(from, end, max)
-        }
-        fn scan(&self) -> Result<Vec<(i64, Bytes)>, StorageError> {
-            self.inner.open_log("t", 0)?.scan()
-        }
-        fn remove(&self, base_offset: i64) -> Result<(), StorageError> {
-            self.inner.open_log("t", 0)?.remove(base_offset)
-        }
-    }
-
     #[tokio::test]
-    async fn a_failed_store_takes_the_log_offline_and_wakes_waiters() {
-        let store = Arc::new(FailingLog::default());
-        let log = PartitionLog::recover(store.clone(), 0).expect("recover");
-        log.append(&[batch(2, 1, None)], &config(), 0)
-            .expect("append");
-        log.advance_high_watermark(log.log_end_offset());
-        let mut waiter = log.watch_high_watermark();
-        waiter.borrow_and_update();
-        store.set_failing(true);
-        let e = log
-            .append(&[batch(1, 2, None)], &config(), 0)
-            .expect_err("store fails");
-        assert!(e.to_string().contains("disk gone"), "{e}");
-        // The waiter is woken, the high watermark stays put, and the log says why.
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter.changed())
-            .await
-            .expect("woken")
-            .expect("open");
-        assert_eq!(*waiter.borrow(), 2);
-        assert!(log.offline().get().is_some_and(|w| w.contains("disk gone")));
-        // Later appends are refused at once, even once the disk is back; reads still work.
-        store.set_failing(false);
-        let e = log
-            .append(&[batch(1, 3, None)], &config(), 0)
-            .expect_err("offline");
-        assert!(matches!(e, LogError::Offline(_)), "{e}");
-        assert_eq!(log.read(0, 1 << 20).expect("read").batches.len(), 1);
+    async fn a_failed_or_panicking_store_takes_the_log_offline_and_wakes_waiters() {
+        use crate::storage::faulty::{Faults, FaultyStorage};
+        for panics in [false, true] {
+            let storage = FaultyStorage::<MemoryStorage>::default();
+            let log =
+                PartitionLog::recover(storage.open_log("t", 0).expect("open"), 0).expect("recover");
+            log.append(&[batch(2, 1, None)], &config(), &AppendContext::at(0))
+                .expect("append");
+            log.advance_high_watermark(log.log_end_offset());
+            let mut waiter = log.watch_high_watermark();
+            waiter.borrow_and_update();
+            let flag = if panics {
+                &storage.faults.panic_puts
+            } else {
+                &storage.faults.fail_puts
+            };
+            Faults::set(flag, true);
+            let e = log
+                .append(&[batch(1, 2, None)], &config(), &AppendContext::at(0))
+                .expect_err("store fails");
+            let cause = if panics {
+                "panicked"
+            } else {
+                "injected disk failure"
+            };
+            assert!(
+                matches!(e, LogError::Offline(_)) && e.to_string().contains(cause),
+                "{e}"
+            );
+            // The waiter is woken, the high watermark stays put, and the log says why.
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiter.changed())
+                .await
+                .expect("woken")
+                .expect("open");
+            assert_eq!(*waiter.borrow(), 2);
+            assert!(log.offline().get().is_some_and(|w| w.contains(cause)));
+            // Later appends and reads are refused at once, even once the disk is back: the
+            // storage must be reopened and the log recovered.
+            Faults::set(flag, false);
+            for e in [
+                log.append(&[batch(1, 3, None)], &config(), &AppendContext::at(0))
+                    .expect_err("offline"),
+                log.read(0, 1 << 20).expect_err("offline"),
+            ] {
+                assert!(matches!(e, LogError::Offline(_)), "{e}");
+            }
+        }
     }
 
     /// The log's contract, run over every storage.
@@ -713,11 +700,15 @@ mod tests {
         let log =
             PartitionLog::recover(storage.open_log("t", 0).expect("open"), 0).expect("recover");
         let a = log
-            .append(&[batch(3, 1000, None)], &config(), 0)
+            .append(&[batch(3, 1000, None)], &config(), &AppendContext::at(0))
             .expect("append");
         assert_eq!((a.base_offset, a.last_offset), (0, 2));
         let b = log
-            .append(&[batch(2, 2000, None), batch(1, 3000, None)], &config(), 0)
+            .append(
+                &[batch(2, 2000, None), batch(1, 3000, None)],
+                &config(),
+                &AppendContext::at(0),
+            )
             .expect("append");
         assert_eq!((b.base_offset, b.last_offset), (3, 5));
         // Nothing is visible until durable.
@@ -784,16 +775,22 @@ mod tests {
         let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
         let b0 = batch(3, 0, Some((7, 0)));
         let first = log
-            .append(std::slice::from_ref(&b0), &config(), 0)
+            .append(std::slice::from_ref(&b0), &config(), &AppendContext::at(0))
             .expect("append");
-        let again = log.append(&[b0], &config(), 0).expect("retry");
+        let again = log
+            .append(&[b0], &config(), &AppendContext::at(0))
+            .expect("retry");
         assert!(again.duplicate);
         assert_eq!(
             (again.base_offset, again.last_offset),
             (first.base_offset, first.last_offset)
         );
         assert_eq!(log.log_end_offset(), 3);
-        let gap = log.append(&[batch(1, 0, Some((7, 5)))], &config(), 0);
+        let gap = log.append(
+            &[batch(1, 0, Some((7, 5)))],
+            &config(),
+            &AppendContext::at(0),
+        );
         assert!(matches!(
             gap,
             Err(LogError::OutOfOrderSequence {
@@ -802,8 +799,12 @@ mod tests {
                 ..
             })
         ));
-        log.append(&[batch(1, 0, Some((7, 3)))], &config(), 0)
-            .expect("next in sequence");
+        log.append(
+            &[batch(1, 0, Some((7, 3)))],
+            &config(),
+            &AppendContext::at(0),
+        )
+        .expect("next in sequence");
         assert_eq!(log.log_end_offset(), 4);
     }
 
@@ -813,11 +814,15 @@ mod tests {
         let b0 = batch(2, 0, Some((9, 0)));
         {
             let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
-            log.append(std::slice::from_ref(&b0), &config(), 0)
+            log.append(std::slice::from_ref(&b0), &config(), &AppendContext::at(0))
                 .expect("append");
         }
         let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
-        assert!(log.append(&[b0], &config(), 0).expect("retry").duplicate);
+        assert!(
+            log.append(&[b0], &config(), &AppendContext::at(0))
+                .expect("retry")
+                .duplicate
+        );
     }
 
     #[test]
@@ -834,11 +839,15 @@ mod tests {
             Bytes::from_static(b"garbage"),
         ];
         for bad in cases {
-            let r = log.append(&[good.clone(), bad], &config(), 0);
-            assert!(matches!(r, Err(LogError::InvalidBatch(_))), "{r:?}");
+            let r = log.append(&[good.clone(), bad], &config(), &AppendContext::at(0));
+            assert!(
+                matches!(&r, Err(LogError::InBatch { index: 1, count: 2, source })
+                    if matches!(**source, LogError::InvalidBatch(_))),
+                "{r:?}"
+            );
         }
         assert!(matches!(
-            log.append(&[], &config(), 0),
+            log.append(&[], &config(), &AppendContext::at(0)),
             Err(LogError::EmptyProduce)
         ));
         let small = LogConfig {
@@ -846,7 +855,7 @@ mod tests {
             ..config()
         };
         assert!(matches!(
-            log.append(&[good], &small, 0),
+            log.append(&[good], &small, &AppendContext::at(0)),
             Err(LogError::BatchTooLarge { .. })
         ));
         assert_eq!(log.log_end_offset(), 0);
@@ -861,7 +870,7 @@ mod tests {
             ..config()
         };
         let out = log
-            .append(&[batch(2, 5, None)], &cfg, 123_456)
+            .append(&[batch(2, 5, None)], &cfg, &AppendContext::at(123_456))
             .expect("append");
         assert_eq!(out.log_append_time_ms, 123_456);
         log.advance_high_watermark(2);
@@ -890,8 +899,12 @@ mod concurrent_store_tests {
         let s = MemoryStorage::default();
         let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
         let cfg = LogConfig::default();
-        let first = log.reserve(&[batch(2)], &cfg, 0).expect("reserve");
-        let second = log.reserve(&[batch(3)], &cfg, 0).expect("reserve");
+        let first = log
+            .reserve(&[batch(2)], &cfg, &AppendContext::at(0))
+            .expect("reserve");
+        let second = log
+            .reserve(&[batch(3)], &cfg, &AppendContext::at(0))
+            .expect("reserve");
         assert_eq!(
             (second.outcome.base_offset, second.outcome.last_offset),
             (2, 4)
@@ -913,9 +926,15 @@ mod concurrent_store_tests {
         {
             let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
             let cfg = LogConfig::default();
-            let a = log.reserve(&[batch(2)], &cfg, 0).expect("reserve");
-            let _lost = log.reserve(&[batch(2)], &cfg, 0).expect("reserve");
-            let c = log.reserve(&[batch(2)], &cfg, 0).expect("reserve");
+            let a = log
+                .reserve(&[batch(2)], &cfg, &AppendContext::at(0))
+                .expect("reserve");
+            let _lost = log
+                .reserve(&[batch(2)], &cfg, &AppendContext::at(0))
+                .expect("reserve");
+            let c = log
+                .reserve(&[batch(2)], &cfg, &AppendContext::at(0))
+                .expect("reserve");
             log.write(a).expect("write");
             log.write(c).expect("write");
             // "crash": the middle batch never reached storage.

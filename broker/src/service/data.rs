@@ -1,20 +1,20 @@
 //! The `Broker` service: produce, fetch, subscribe, offsets, metadata.
 
 use super::status;
-use crate::broker::{now_ms, Acks, Broker};
+use crate::broker::{now_ms, Acks, Broker, PendingAppend};
 use crate::error::BrokerError;
+use crate::log::ReadOutcome;
 use crate::storage::Storage;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use runnel_codec::{BatchBuilder, Compression};
 use runnel_proto::v1::broker_server::Broker as BrokerRpc;
 use runnel_proto::v1::{
     self as pb, ErrorStatus, FetchRequest, FetchResponse, InitProducerIdRequest,
     InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, OffsetSpec, PartitionOffset, ProduceRequest, ProduceResponse,
-    SubscribeRequest,
+    MetadataResponse, OffsetSpec, PartitionOffset, ProduceRequest, ProduceResponse, RecordFormat,
+    RecordPlacement, SubscribeRequest,
 };
 use std::pin::Pin;
 use std::sync::Arc;
@@ -55,15 +55,20 @@ fn acks_of(a: i32) -> Result<Acks, BrokerError> {
     }
 }
 
-/// The batches of a request: the client's own, or one the broker builds from plain records.
-fn batches_of(req: &ProduceRequest) -> Result<Vec<Bytes>, BrokerError> {
-    let log_err = |e| {
-        BrokerError::log(
-            &req.topic,
-            req.partition,
-            crate::log::LogError::InvalidBatch(e),
-        )
-    };
+/// One append of a produce request: the batches for one partition, and (for plain records)
+/// which of the request's records they hold, in order.
+#[derive(Debug)]
+struct Append {
+    partition: i32,
+    batches: Vec<Bytes>,
+    records: Vec<usize>,
+}
+
+/// The appends a request makes: its own batches on one partition, or the batches the broker
+/// builds from plain records, one per partition they go to.
+fn plan<S: Storage>(broker: &Broker<S>, req: &ProduceRequest) -> Result<Vec<Append>, BrokerError> {
+    let partition = req.partition.unwrap_or(0);
+    let log_err = |p, e| BrokerError::log(&req.topic, p, crate::log::LogError::InvalidBatch(e));
     let size = req.batches.len()
         + req
             .records
@@ -84,91 +89,213 @@ fn batches_of(req: &ProduceRequest) -> Result<Vec<Bytes>, BrokerError> {
         )),
         (true, true) => Err(BrokerError::log(
             &req.topic,
-            req.partition,
+            partition,
             crate::log::LogError::EmptyProduce,
         )),
-        (false, true) => runnel_codec::split_batches(&req.batches)
-            .map(|r| r.map(|slice| req.batches.slice_ref(slice)).map_err(log_err))
-            .collect(),
-        (true, false) => {
-            let now = now_ms();
-            let mut b = BatchBuilder::new(Compression::None, now);
-            for r in &req.records {
-                let headers: Vec<runnel_codec::Header> = r
-                    .headers
-                    .iter()
-                    .map(|h| runnel_codec::Header {
-                        key: h.key.clone(),
-                        value: h.value.clone(),
+        (false, true) => {
+            let batches = runnel_codec::split_batches(&req.batches)
+                .enumerate()
+                .map(|(i, r)| {
+                    r.map(|slice| req.batches.slice_ref(slice)).map_err(|e| {
+                        BrokerError::log(
+                            &req.topic,
+                            partition,
+                            crate::log::LogError::InBatch {
+                                index: i,
+                                count: i + 1,
+                                source: Box::new(crate::log::LogError::InvalidBatch(e)),
+                            },
+                        )
                     })
-                    .collect();
-                let ts = if r.timestamp_ms > 0 {
-                    r.timestamp_ms
-                } else {
-                    now
-                };
-                b.append(ts, r.key.as_deref(), r.value.as_deref(), &headers);
-            }
-            Ok(vec![b.build().map_err(log_err)?])
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(vec![Append {
+                partition,
+                batches,
+                records: Vec::new(),
+            }])
+        }
+        (true, false) => {
+            let compression = crate::records::compression_of(req.compression)
+                .map_err(BrokerError::InvalidRequest)?;
+            let groups = match req.partition {
+                Some(p) => crate::records::place_records(&req.records, Some(p), 1, p),
+                None => {
+                    let partitions = broker.partition_count(&req.topic)?;
+                    let keyless = broker.next_keyless_partition(partitions);
+                    crate::records::place_records(&req.records, None, partitions, keyless)
+                }
+            };
+            let now = now_ms();
+            groups
+                .into_iter()
+                .map(|g| {
+                    let batch =
+                        crate::records::build_batch(&req.records, &g.indices, compression, now)
+                            .map_err(|e| log_err(g.partition, e))?;
+                    Ok(Append {
+                        partition: g.partition,
+                        batches: vec![batch],
+                        records: g.indices,
+                    })
+                })
+                .collect()
         }
     }
 }
 
-fn response(req_topic: &str, partition: i32, correlation_id: u64) -> ProduceResponse {
+/// An append queued, with what its answer needs.
+struct Queued {
+    partition: i32,
+    records: Vec<usize>,
+    pending: PendingAppend,
+}
+
+/// Queues every append of a request. With several partitions (plain records without a
+/// partition), each must have a leader here and fit its topic before any is queued.
+fn queue<S: Storage>(
+    broker: &Arc<Broker<S>>,
+    topic: &str,
+    appends: Vec<Append>,
+) -> Result<Vec<Queued>, BrokerError> {
+    if appends.len() > 1 {
+        for a in &appends {
+            let (_, config) = broker.leader_log(topic, a.partition)?;
+            let size: usize = a.batches.iter().map(Bytes::len).sum();
+            if size > config.max_message_bytes {
+                return Err(BrokerError::log(
+                    topic,
+                    a.partition,
+                    crate::log::LogError::BatchTooLarge {
+                        size,
+                        max: config.max_message_bytes,
+                    },
+                ));
+            }
+        }
+    }
+    let mut queued = Vec::with_capacity(appends.len());
+    for a in appends {
+        let pending = broker.queue_append(topic, a.partition, &a.batches);
+        match pending {
+            Ok(pending) => queued.push(Queued {
+                partition: a.partition,
+                records: a.records,
+                pending,
+            }),
+            Err(e) if queued.is_empty() => return Err(e),
+            Err(e) => {
+                let done: Vec<String> = queued.iter().map(|q| q.partition.to_string()).collect();
+                return Err(BrokerError::InvalidRequest(format!(
+                    "{e} (the records for partitions {} were appended)",
+                    done.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(queued)
+}
+
+/// Waits for every append of a request as `acks` asks and fills the answer.
+async fn answer(
+    mut response: ProduceResponse,
+    queued: Vec<Queued>,
+    acks: Acks,
+) -> Result<ProduceResponse, BrokerError> {
+    let record_count: usize = queued.iter().map(|q| q.records.len()).sum();
+    let mut placements = vec![RecordPlacement::default(); record_count];
+    for (i, q) in queued.into_iter().enumerate() {
+        let o = q.pending.acked(acks).await?;
+        if i == 0 {
+            response.partition = q.partition;
+            response.base_offset = o.base_offset;
+            response.last_offset = o.last_offset;
+            response.log_append_time_ms = o.log_append_time_ms;
+            response.log_start_offset = o.log_start_offset;
+        }
+        for (j, &r) in q.records.iter().enumerate() {
+            if let Some(p) = placements.get_mut(r) {
+                *p = RecordPlacement {
+                    partition: q.partition,
+                    offset: o.base_offset + j as i64,
+                };
+            }
+        }
+    }
+    if acks != Acks::None {
+        response.placements = placements;
+    }
+    Ok(response)
+}
+
+fn response(req: &ProduceRequest) -> ProduceResponse {
     ProduceResponse {
-        correlation_id,
-        topic: req_topic.to_string(),
-        partition,
+        correlation_id: req.correlation_id,
+        topic: req.topic.clone(),
+        partition: req.partition.unwrap_or(0),
         base_offset: -1,
         last_offset: -1,
         log_append_time_ms: -1,
         log_start_offset: -1,
         error: None,
+        placements: Vec::new(),
     }
 }
 
-fn fill(mut r: ProduceResponse, o: &crate::log::AppendOutcome) -> ProduceResponse {
-    r.base_offset = o.base_offset;
-    r.last_offset = o.last_offset;
-    r.log_append_time_ms = o.log_append_time_ms;
-    r.log_start_offset = o.log_start_offset;
-    r
+/// acks=0 answers carry no offsets and no error.
+fn blank(r: ProduceResponse) -> ProduceResponse {
+    ProduceResponse {
+        base_offset: -1,
+        last_offset: -1,
+        log_append_time_ms: -1,
+        log_start_offset: -1,
+        placements: Vec::new(),
+        ..r
+    }
 }
 
 impl<S: Storage> BrokerService<S> {
+    /// Checks and queues one request's appends now; the returned future waits as `acks` asks
+    /// and resolves to the answer.
+    fn start_produce(
+        &self,
+        req: &ProduceRequest,
+    ) -> (ProduceResponse, Result<(Acks, Vec<Queued>), BrokerError>) {
+        let base = response(req);
+        let queued = acks_of(req.acks).and_then(|acks| {
+            let appends = plan(&self.broker, req)?;
+            Ok((acks, queue(&self.broker, &req.topic, appends)?))
+        });
+        (base, queued)
+    }
+
     /// Queues one streamed request's append now; the returned future resolves to its answer.
     fn produce_one(&self, req: ProduceRequest) -> BoxFuture<'static, ProduceResponse> {
-        let base = response(&req.topic, req.partition, req.correlation_id);
+        let (base, queued) = self.start_produce(&req);
         let broker = self.broker.clone();
-        let failed = move |e: BrokerError, base: ProduceResponse| {
-            let s = status(&broker, "ProduceStream", e);
-            ProduceResponse {
-                error: Some(ErrorStatus {
-                    code: s.code() as i32,
-                    message: s.message().to_string(),
-                }),
-                ..base
-            }
-        };
-        let acks = match acks_of(req.acks) {
-            Ok(a) => a,
-            Err(e) => return futures::future::ready(failed(e, base)).boxed(),
-        };
-        let pending =
-            batches_of(&req).and_then(|b| self.broker.queue_append(&req.topic, req.partition, &b));
         async move {
-            let acked = match pending {
-                Ok(p) => p.acked(acks).await,
-                Err(e) => Err(e),
+            let failed = |e: BrokerError, base: ProduceResponse| {
+                let s = status(&broker, "ProduceStream", e);
+                ProduceResponse {
+                    error: Some(ErrorStatus {
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                    }),
+                    ..base
+                }
             };
-            match (acked, acks) {
-                (Err(e), Acks::None) => {
+            let (acks, queued) = match queued {
+                Ok(q) => q,
+                Err(e) => return failed(e, base),
+            };
+            match answer(base.clone(), queued, acks).await {
+                Ok(r) if acks == Acks::None => blank(r),
+                Ok(r) => r,
+                Err(e) if acks == Acks::None => {
                     tracing::debug!(error = %e, "acks=0 produce failed");
                     base
                 }
-                (Err(e), _) => failed(e, base),
-                (Ok(_), Acks::None) => base,
-                (Ok(o), _) => fill(base, &o),
+                Err(e) => failed(e, base),
             }
         }
         .boxed()
@@ -184,23 +311,19 @@ impl<S: Storage> BrokerRpc for BrokerService<S> {
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
         let req = request.into_inner();
-        let acks = acks_of(req.acks).map_err(|e| status(&self.broker, "Produce", e))?;
-        let base = response(&req.topic, req.partition, req.correlation_id);
-        let result = match batches_of(&req) {
-            Ok(batches) => {
-                self.broker
-                    .produce(&req.topic, req.partition, &batches, acks)
-                    .await
-            }
+        let (base, queued) = self.start_produce(&req);
+        let result = match queued {
+            Ok((acks, queued)) => answer(base.clone(), queued, acks).await.map(|r| (acks, r)),
             Err(e) => Err(e),
         };
+        let acks = acks_of(req.acks).unwrap_or(Acks::All);
         match (result, acks) {
-            (Ok(_), Acks::None) => Ok(Response::new(base)),
+            (Ok((_, r)), Acks::None) => Ok(Response::new(blank(r))),
             (Err(e), Acks::None) => {
                 tracing::debug!(error = %e, "acks=0 produce failed");
                 Ok(Response::new(base))
             }
-            (Ok(o), _) => Ok(Response::new(fill(base, &o))),
+            (Ok((_, r)), _) => Ok(Response::new(r)),
             (Err(e), _) => Err(status(&self.broker, "Produce", e)),
         }
     }
@@ -259,6 +382,7 @@ impl<S: Storage> BrokerRpc for BrokerService<S> {
             DEFAULT_FETCH_BYTES
         };
         let max_wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
+        let err = |e| status(&self.broker, "Fetch", e);
         let out = self
             .broker
             .fetch(
@@ -270,15 +394,18 @@ impl<S: Storage> BrokerRpc for BrokerService<S> {
                 max_wait,
             )
             .await
-            .map_err(|e| status(&self.broker, "Fetch", e))?;
-        Ok(Response::new(FetchResponse {
-            topic: req.topic,
-            partition: req.partition,
-            high_watermark: out.high_watermark,
-            log_start_offset: out.log_start_offset,
-            batches: concat(out.batches),
-            next_offset: out.next_offset,
-        }))
+            .map_err(err)?;
+        let format = format_of(req.format).map_err(err)?;
+        respond(
+            &req.topic,
+            req.partition,
+            req.offset,
+            out,
+            format,
+            max_bytes,
+        )
+        .map(Response::new)
+        .map_err(err)
     }
 
     type SubscribeStream = ResponseStream<FetchResponse>;
@@ -293,6 +420,8 @@ impl<S: Storage> BrokerRpc for BrokerService<S> {
         } else {
             DEFAULT_FETCH_BYTES
         };
+        let err = |e| status(&self.broker, "Subscribe", e);
+        let format = format_of(req.format).map_err(err)?;
         // Fail fast on an unknown partition or a bad offset, before the stream starts.
         let first = self
             .broker
@@ -305,24 +434,24 @@ impl<S: Storage> BrokerRpc for BrokerService<S> {
                 Duration::ZERO,
             )
             .await
-            .map_err(|e| status(&self.broker, "Subscribe", e))?;
+            .map_err(err)?;
         let (tx, rx) = mpsc::channel(4);
         let broker = self.broker.clone();
         let mut shutdown = broker.shutdown_signal();
         tokio::spawn(async move {
+            let mut offset = req.offset;
             let mut out = first;
             loop {
-                let offset = out.next_offset;
-                if !out.batches.is_empty() {
-                    let msg = FetchResponse {
-                        topic: req.topic.clone(),
-                        partition: req.partition,
-                        high_watermark: out.high_watermark,
-                        log_start_offset: out.log_start_offset,
-                        batches: concat(std::mem::take(&mut out.batches)),
-                        next_offset: out.next_offset,
-                    };
-                    if tx.send(Ok(msg)).await.is_err() {
+                let has_data = !out.batches.is_empty();
+                match respond(&req.topic, req.partition, offset, out, format, max_bytes) {
+                    Ok(msg) => {
+                        offset = msg.next_offset;
+                        if has_data && tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(status(&broker, "Subscribe", e))).await;
                         return;
                     }
                 }
@@ -438,20 +567,88 @@ impl<S: Storage> BrokerRpc for BrokerService<S> {
 
     async fn init_producer_id(
         &self,
-        _request: Request<InitProducerIdRequest>,
+        request: Request<InitProducerIdRequest>,
     ) -> Result<Response<InitProducerIdResponse>, Status> {
-        let id = self
+        let req = request.into_inner();
+        let current = match (req.producer_id, req.producer_epoch) {
+            (Some(id), Some(epoch)) => Some((id, epoch)),
+            (None, None) => None,
+            _ => {
+                return Err(status(
+                    &self.broker,
+                    "InitProducerId",
+                    BrokerError::InvalidRequest(
+                        "producer_id and producer_epoch come together, or neither".into(),
+                    ),
+                ))
+            }
+        };
+        let (id, epoch) = self
             .broker
-            .init_producer_id()
+            .init_producer_id(current)
             .map_err(|e| status(&self.broker, "InitProducerId", e))?;
         Ok(Response::new(InitProducerIdResponse {
             producer_id: id,
-            producer_epoch: 0,
+            producer_epoch: i32::from(epoch),
         }))
     }
 }
 
-/// Concatenates stored batches into one buffer (one copy; a single batch is passed through).
+/// The form a fetch asked for.
+fn format_of(code: i32) -> Result<RecordFormat, BrokerError> {
+    RecordFormat::try_from(code)
+        .map_err(|_| BrokerError::InvalidRequest(format!("unknown record format {code}")))
+}
+
+/// A fetch's answer from what the log read, in the form asked for. Decoded records start at
+/// `offset`; a stored batch that cannot be decoded ends them, and is the error of a read that
+/// starts at it.
+fn respond(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    out: ReadOutcome,
+    format: RecordFormat,
+    max_bytes: usize,
+) -> Result<FetchResponse, BrokerError> {
+    let mut response = FetchResponse {
+        topic: topic.to_string(),
+        partition,
+        high_watermark: out.high_watermark,
+        log_start_offset: out.log_start_offset,
+        batches: Bytes::new(),
+        next_offset: out.next_offset,
+        records: Vec::new(),
+    };
+    match format {
+        RecordFormat::Unspecified | RecordFormat::Batches => {
+            response.batches = concat(out.batches);
+        }
+        RecordFormat::Records => {
+            let decoded = crate::records::decode_from(&out.batches, offset, max_bytes);
+            if let Some((at, e)) = decoded.corrupt {
+                if decoded.records.is_empty() {
+                    return Err(BrokerError::CorruptBatch {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: at,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            response.next_offset = if out.batches.is_empty() {
+                out.next_offset
+            } else {
+                decoded.next_offset
+            };
+            response.records = decoded.records;
+        }
+    }
+    Ok(response)
+}
+
+/// Concatenates stored batches into the response's one buffer: the only copy a fetch makes
+/// (storage hands out its own buffers), none for a single batch.
 fn concat(batches: Vec<Bytes>) -> Bytes {
     match batches.len() {
         0 => Bytes::new(),

@@ -7,6 +7,8 @@
 
 use bytes::Bytes;
 
+#[cfg(test)]
+pub(crate) mod faulty;
 mod memory;
 mod sled_store;
 

@@ -38,8 +38,9 @@ fn offset_of(key: &[u8]) -> Result<i64, StorageError> {
     Ok(u64::from_be_bytes(arr) as i64)
 }
 
+/// sled's own buffer as `Bytes`, without a copy (sled hands out reference-counted buffers).
 fn ivec_to_bytes(v: sled::IVec) -> Bytes {
-    Bytes::copy_from_slice(&v)
+    Bytes::from_owner(v)
 }
 
 impl SledStorage {
