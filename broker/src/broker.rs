@@ -176,9 +176,13 @@ impl<S: Storage> Broker<S> {
         self.shutdown.send_replace(true);
     }
 
-    /// Makes everything appended durable and stops the flusher.
+    /// Makes everything appended durable, stops the flusher, and checkpoints every partition
+    /// so that the next start reads no tail.
     pub fn close(&self) {
         self.group_commit.stop();
+        if let Err(e) = self.checkpoint_logs(0, true) {
+            tracing::warn!(error = %e, "the last checkpoint failed; the next start reads more");
+        }
     }
 
     /// Why the storage is failed, while it is (every partition is offline meanwhile).
@@ -231,7 +235,7 @@ impl<S: Storage> Broker<S> {
         };
         let store = self.storage.open_log(topic, partition)?;
         Ok(Arc::new(
-            PartitionLog::recover(store, floor)
+            PartitionLog::recover(store, floor, now_ms())
                 .map_err(|e| BrokerError::log(topic, partition, e))?,
         ))
     }
@@ -676,12 +680,14 @@ impl<S: Storage> Broker<S> {
                 .get(&topic)
                 .copied()
                 .unwrap_or(self.settings.log_defaults);
-            if let Some(start) = log
-                .apply_retention(&config, now)
-                .map_err(|e| BrokerError::log(&topic, partition, e))?
-            {
-                self.storage
-                    .put_meta(&lso_key(&topic, partition), &start.to_be_bytes())?;
+            let storage = self.storage.clone();
+            let retained = log.apply_retention(&config, now, &move || storage.flush());
+            if let Err(e) = &retained {
+                if matches!(e, LogError::Storage(_)) {
+                    self.fail_storage(&format!("retention failed: {e}"));
+                }
+            }
+            if let Some(start) = retained.map_err(|e| BrokerError::log(&topic, partition, e))? {
                 tracing::info!(
                     topic,
                     partition,
@@ -690,7 +696,37 @@ impl<S: Storage> Broker<S> {
                 );
             }
         }
+        // The deletions: a restart must not find them again.
+        self.storage.flush()?;
         Ok(())
+    }
+
+    /// Checkpoints the partitions with at least `bytes` appended beyond their checkpoint, or
+    /// with anything appended when `all`, then makes the checkpoints durable; returns how many
+    /// were written. This bounds what a restart reads (see [`crate::log::index`]).
+    pub fn checkpoint_logs(&self, bytes: u64, all: bool) -> Result<usize, BrokerError> {
+        if self.health.failure().is_some() {
+            return Ok(0);
+        }
+        let mut written = 0;
+        for ((topic, partition), log) in self.held_logs() {
+            let (unchecked, _) = log.unchecked();
+            if unchecked == 0 || (unchecked < bytes && !all) {
+                continue;
+            }
+            match log.checkpoint() {
+                Ok(Some(_)) => written += 1,
+                Ok(None) => {}
+                Err(e) => {
+                    self.fail_storage(&format!("checkpoint failed: {e}"));
+                    return Err(BrokerError::log(&topic, partition, e));
+                }
+            }
+        }
+        if written > 0 {
+            self.storage.flush()?;
+        }
+        Ok(written)
     }
 }
 

@@ -1,17 +1,6 @@
 //! Retention: which batches at the front of a log are deleted. Pure, property-tested.
 
-/// What retention needs to know of a stored batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchMeta {
-    /// First offset of the batch.
-    pub base_offset: i64,
-    /// Last offset of the batch.
-    pub last_offset: i64,
-    /// Largest record timestamp in the batch.
-    pub max_timestamp: i64,
-    /// Stored size in bytes.
-    pub size: u64,
-}
+pub use crate::log::index::BatchMeta;
 
 /// How many batches, from the front, retention deletes. Kafka's rules, applied per batch instead
 /// of per segment: a batch goes when its newest record is older than `retention_ms`, or while
@@ -54,6 +43,10 @@ mod tests {
                     last_offset: off + 9,
                     max_timestamp: ts,
                     size,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    base_sequence: -1,
+                    records_count: 10,
                 };
                 off += 10;
                 b

@@ -19,6 +19,11 @@ const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Largest HTTP/2 frame accepted from clients (HTTP/2's default is 16 KiB).
 const MAX_FRAME_BYTES: u32 = 1 << 20;
 
+/// When partitions are checkpointed (see [`crate::log::index`]).
+const CHECKPOINT_POLL: Duration = Duration::from_millis(500);
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How often a failed storage's disk is probed, and how often that is logged.
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 const STORAGE_RETRY_REPORT: Duration = Duration::from_secs(30);
@@ -99,6 +104,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
                 Err(e) => tracing::error!(error = %e, "retention task failed"),
                 Ok(Ok(())) => {}
+            }
+        }
+    });
+
+    // Checkpoints: a partition is checkpointed once CHECKPOINT_BYTES are appended beyond its
+    // checkpoint, and every partition with anything new every CHECKPOINT_INTERVAL, so that a
+    // restart reads little more than that.
+    let checkpointing = broker.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_POLL);
+        let mut last_all = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let all = last_all.elapsed() >= CHECKPOINT_INTERVAL;
+            if all {
+                last_all = tokio::time::Instant::now();
+            }
+            let b = checkpointing.clone();
+            match tokio::task::spawn_blocking(move || b.checkpoint_logs(CHECKPOINT_BYTES, all))
+                .await
+            {
+                Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed"),
+                Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+                Ok(Ok(_)) => {}
             }
         }
     });

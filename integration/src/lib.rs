@@ -2,6 +2,8 @@
 //! port with a temporary data directory, find the real `runnel` CLI, and clean up on drop (also
 //! when a test fails).
 
+pub mod load;
+
 use anyhow::{bail, Context};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -8,14 +8,16 @@
 //! sees a record that a crash could take back.
 
 mod checks;
+pub mod index;
 mod producer;
 
-use crate::retention::{retention_cut, BatchMeta};
+use crate::retention::retention_cut;
 use crate::storage::{BatchLog, StorageError};
 use bytes::Bytes;
+use index::{decode_entry, encode_entry, BatchMeta, Checkpoint};
 use parking_lot::Mutex;
 use producer::{Producers, SequenceCheck};
-use runnel_codec::{self as codec, BatchHeader, CodecError, NO_PRODUCER_ID};
+use runnel_codec::{self as codec, CodecError, NO_PRODUCER_ID};
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
@@ -219,6 +221,10 @@ struct LogState {
     index: VecDeque<BatchMeta>,
     size_bytes: u64,
     producers: Producers,
+    /// The last checkpoint written.
+    checkpoint: Checkpoint,
+    /// Bytes appended at or after the checkpoint's end: what a restart would read.
+    unchecked_bytes: u64,
 }
 
 impl LogState {
@@ -237,50 +243,107 @@ pub struct PartitionLog<L> {
     high_watermark: watch::Sender<i64>,
     /// Why the log went offline, once a store failed.
     offline: Arc<OnceLock<String>>,
+    /// Serialises checkpoints, retention and compaction: the only changes to the front and the
+    /// middle of the index.
+    maintenance: Mutex<()>,
 }
 
 impl<L: BatchLog> PartitionLog<L> {
-    /// Opens the log and recovers its state from the stored batches. `log_start_floor` is the
-    /// persisted log start offset (batches deleted by retention leave it behind).
-    pub fn recover(store: L, log_start_floor: i64) -> Result<Self, LogError> {
-        let mut index: VecDeque<BatchMeta> = VecDeque::new();
+    /// Opens the log and recovers its state: from the index below its checkpoint, and from the
+    /// batches stored after it (the tail). `legacy_log_start` is the log start offset of a log
+    /// that has no checkpoint yet. Finishes what a crash interrupted: batches below the log
+    /// start offset are deleted, and the tail is truncated at the first gap.
+    pub fn recover(store: L, legacy_log_start: i64, now_ms: i64) -> Result<Self, LogError> {
+        let corrupt = |e: index::IndexCorrupt| StorageError::Corrupt(e.0);
+        let (stored_checkpoint, entries) = store.read_index()?;
+        let checkpointed = stored_checkpoint.is_some();
+        let checkpoint = match stored_checkpoint {
+            Some(b) => Checkpoint::decode(&b).map_err(corrupt)?,
+            None => Checkpoint {
+                end_offset: 0,
+                log_start_offset: legacy_log_start,
+            },
+        };
+        let log_start_floor = checkpoint.log_start_offset;
+        let mut index: VecDeque<BatchMeta> = VecDeque::with_capacity(entries.len());
         let mut size_bytes = 0u64;
         let mut producers = Producers::default();
-        let mut stored = store.scan()?.into_iter();
-        for (base, batch) in stored.by_ref() {
-            // Batches are stored concurrently, so a crash can leave a batch stored after one
-            // that is missing. Nothing after a gap was ever visible or acknowledged (the high
-            // watermark stops at the stored prefix): the log is truncated at the first gap.
-            if let Some(prev) = index.back() {
-                if base != prev.last_offset + 1 {
+        let mut stale_entries = Vec::new();
+        for (base, entry) in entries {
+            if base < log_start_floor || base >= checkpoint.end_offset {
+                stale_entries.push(base);
+                continue;
+            }
+            let meta = decode_entry(base, &entry).map_err(corrupt)?;
+            size_bytes += meta.size;
+            if meta.producer_id != NO_PRODUCER_ID {
+                producers.record(&meta.producer_header(), base, now_ms);
+            }
+            index.push_back(meta);
+        }
+        // Batches that retention was deleting when the broker stopped.
+        let mut stale_batches = Vec::new();
+        store.scan_from(0, &mut |base, _| {
+            if base < log_start_floor {
+                stale_batches.push(base);
+            }
+            Ok(base < log_start_floor)
+        })?;
+        // The tail: batches stored since the checkpoint. They are stored concurrently, so a
+        // crash can leave a batch stored after one that is missing. Nothing after a gap was
+        // ever visible or acknowledged (the high watermark stops at the stored prefix): the log
+        // is truncated at the first gap.
+        let last_indexed = index.back().map(BatchMeta::next_offset);
+        let mut expected = match (last_indexed, checkpointed) {
+            (Some(next), _) => Some(next.max(checkpoint.end_offset)),
+            (None, true) => Some(checkpoint.end_offset.max(log_start_floor)),
+            (None, false) => None,
+        };
+        let mut unchecked_bytes = 0u64;
+        let mut truncated = Vec::new();
+        let tail_from = checkpoint.end_offset.max(log_start_floor);
+        store.scan_from(tail_from, &mut |base, batch| {
+            if !truncated.is_empty() || expected.is_some_and(|e| base != e) {
+                if truncated.is_empty() {
                     tracing::warn!(
-                        offset = prev.last_offset + 1,
+                        offset = expected.unwrap_or(base),
                         "truncating the log at a gap left by a crash"
                     );
-                    store.remove(base)?;
-                    break;
                 }
+                truncated.push(base);
+                return Ok(true);
             }
-            let h = codec::read_header(&batch).map_err(|e| {
+            let h = codec::read_header(batch).map_err(|e| {
                 StorageError::Corrupt(format!("stored batch at offset {base}: {e}"))
             })?;
+            let meta = BatchMeta::of(&h, batch.len());
             if h.producer_id != NO_PRODUCER_ID {
-                producers.record(&h, base, 0);
+                producers.record(&h, base, now_ms);
             }
-            size_bytes += batch.len() as u64;
-            index.push_back(BatchMeta::of(&h, batch.len()));
+            size_bytes += meta.size;
+            unchecked_bytes += meta.size;
+            expected = Some(meta.next_offset());
+            index.push_back(meta);
+            Ok(true)
+        })?;
+        for base in stale_batches.iter().chain(&truncated) {
+            store.remove(*base)?;
         }
-        for (base, _) in stored {
-            store.remove(base)?;
+        if !stale_entries.is_empty() {
+            store.write_index(&[], &stale_entries, &checkpoint.encode())?;
         }
         let log_end_offset = index
             .back()
-            .map_or(log_start_floor, |b| b.last_offset + 1)
-            .max(log_start_floor);
-        let log_start_offset = index
-            .front()
-            .map_or(log_end_offset, |b| b.base_offset)
-            .max(log_start_floor);
+            .map_or(tail_from, BatchMeta::next_offset)
+            .max(tail_from);
+        let log_start_offset = if checkpointed {
+            log_start_floor
+        } else {
+            index
+                .front()
+                .map_or(log_end_offset, |b| b.base_offset)
+                .max(log_start_floor)
+        };
         // Everything found on disk at start is durable: it is what a crash left.
         let (high_watermark, _) = watch::channel(log_end_offset);
         Ok(Self {
@@ -294,10 +357,55 @@ impl<L: BatchLog> PartitionLog<L> {
                 index,
                 size_bytes,
                 producers,
+                checkpoint,
+                unchecked_bytes,
             }),
             high_watermark,
             offline: Arc::default(),
+            maintenance: Mutex::new(()),
         })
+    }
+
+    /// Bytes a restart would read beyond the checkpoint, and the checkpoint's end.
+    pub fn unchecked(&self) -> (u64, i64) {
+        let s = self.state.lock();
+        (s.unchecked_bytes, s.checkpoint.end_offset)
+    }
+
+    /// Checkpoints the log: writes the index entries of the batches made durable since the
+    /// last checkpoint, with a record of the offset they reach and the log start offset, in one
+    /// atomic store write, without holding the partition's lock for it. The caller flushes the
+    /// storage to make it durable (until then a restart uses the previous checkpoint). Returns
+    /// the offset the new checkpoint covers, when one was written.
+    pub fn checkpoint(&self) -> Result<Option<i64>, LogError> {
+        let _maintenance = self.maintenance.lock();
+        let (entries, next) = {
+            let s = self.state.lock();
+            let end = s.high_watermark;
+            if end <= s.checkpoint.end_offset {
+                return Ok(None);
+            }
+            let from = s
+                .index
+                .partition_point(|b| b.base_offset < s.checkpoint.end_offset);
+            let to = s.index.partition_point(|b| b.base_offset < end);
+            let entries: Vec<(i64, Vec<u8>)> = s
+                .index
+                .range(from..to)
+                .map(|m| (m.base_offset, encode_entry(m).to_vec()))
+                .collect();
+            let next = Checkpoint {
+                end_offset: end,
+                log_start_offset: s.log_start_offset,
+            };
+            (entries, next)
+        };
+        self.store.write_index(&entries, &[], &next.encode())?;
+        let mut s = self.state.lock();
+        s.checkpoint = next;
+        let from = s.index.partition_point(|b| b.base_offset < next.end_offset);
+        s.unchecked_bytes = s.index.range(from..).map(|b| b.size).sum();
+        Ok(Some(next.end_offset))
     }
 
     /// Validates and appends the batches of one produce request, all or none:
@@ -382,6 +490,7 @@ impl<L: BatchLog> PartitionLog<L> {
             state.log_end_offset = stored.next_offset();
             let len = batch.as_ref().len();
             state.size_bytes += len as u64;
+            state.unchecked_bytes += len as u64;
             state.index.push_back(BatchMeta::of(&stored, len));
             first.get_or_insert(base);
             last = stored.last_offset();
@@ -566,37 +675,70 @@ impl<L: BatchLog> PartitionLog<L> {
             .map(|r| (r.offset, r.timestamp)))
     }
 
-    /// Deletes whole batches from the front that retention no longer keeps; returns the new log
-    /// start offset when it moved (the caller persists it).
+    /// Deletes whole batches from the front that retention no longer keeps; returns the new
+    /// log start offset when it moved. The new log start offset is made durable (`flush`) before
+    /// any batch goes, so a restart never brings back an older one, and the batches are deleted
+    /// outside the partition's lock, so appends and reads go on meanwhile.
     pub fn apply_retention(
         &self,
         config: &LogConfig,
         now_ms: i64,
+        flush: &dyn Fn() -> Result<(), StorageError>,
     ) -> Result<Option<i64>, LogError> {
-        let mut s = self.state.lock();
-        let committed = s
-            .index
-            .partition_point(|b| b.base_offset < s.high_watermark);
-        let cut = retention_cut(
-            s.index.iter().take(committed),
-            s.size_bytes,
-            now_ms,
-            config.retention_ms,
-            config.retention_bytes,
-        );
-        if cut == 0 {
-            return Ok(None);
-        }
-        for _ in 0..cut {
-            let Some(b) = s.index.front().copied() else {
-                break;
+        let _maintenance = self.maintenance.lock();
+        let (cut, next) = {
+            let s = self.state.lock();
+            let committed = s
+                .index
+                .partition_point(|b| b.base_offset < s.high_watermark);
+            let cut = retention_cut(
+                s.index.iter().take(committed),
+                s.size_bytes,
+                now_ms,
+                config.retention_ms,
+                config.retention_bytes,
+            );
+            if cut == 0 {
+                return Ok(None);
+            }
+            let log_start_offset = s
+                .index
+                .get(cut)
+                .map_or_else(|| s.index[cut - 1].next_offset(), |b| b.base_offset);
+            let next = Checkpoint {
+                end_offset: s.checkpoint.end_offset.max(log_start_offset),
+                log_start_offset,
             };
-            self.store.remove(b.base_offset)?;
-            s.index.pop_front();
-            s.size_bytes -= b.size;
+            let cut: Vec<BatchMeta> = s.index.iter().take(cut).copied().collect();
+            (cut, next)
+        };
+        // The index and the new log start first, durably: a restart deletes what is below it.
+        let indexed: Vec<i64> = cut
+            .iter()
+            .map(|b| b.base_offset)
+            .filter(|b| *b < self.state.lock().checkpoint.end_offset)
+            .collect();
+        self.store.write_index(&[], &indexed, &next.encode())?;
+        flush()?;
+        {
+            let mut s = self.state.lock();
+            for b in &cut {
+                s.index.pop_front();
+                s.size_bytes -= b.size;
+            }
+            s.unchecked_bytes = s.unchecked_bytes.saturating_sub(
+                cut.iter()
+                    .filter(|b| b.base_offset >= s.checkpoint.end_offset)
+                    .map(|b| b.size)
+                    .sum(),
+            );
+            s.log_start_offset = next.log_start_offset;
+            s.checkpoint = next;
         }
-        s.log_start_offset = s.index.front().map_or(s.log_end_offset, |b| b.base_offset);
-        Ok(Some(s.log_start_offset))
+        for b in &cut {
+            self.store.remove(b.base_offset)?;
+        }
+        Ok(Some(next.log_start_offset))
     }
 }
 
@@ -607,17 +749,6 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_string())
-}
-
-impl BatchMeta {
-    fn of(h: &BatchHeader, size: usize) -> Self {
-        BatchMeta {
-            base_offset: h.base_offset,
-            last_offset: h.last_offset(),
-            max_timestamp: h.max_timestamp,
-            size: size as u64,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -650,8 +781,8 @@ mod tests {
         use crate::storage::faulty::{Faults, FaultyStorage};
         for panics in [false, true] {
             let storage = FaultyStorage::<MemoryStorage>::default();
-            let log =
-                PartitionLog::recover(storage.open_log("t", 0).expect("open"), 0).expect("recover");
+            let log = PartitionLog::recover(storage.open_log("t", 0).expect("open"), 0, 0)
+                .expect("recover");
             log.append(&[batch(2, 1, None)], &config(), &AppendContext::at(0))
                 .expect("append");
             log.advance_high_watermark(log.log_end_offset());
@@ -698,7 +829,7 @@ mod tests {
     /// The log's contract, run over every storage.
     fn contract<S: Storage>(storage: &S) {
         let log =
-            PartitionLog::recover(storage.open_log("t", 0).expect("open"), 0).expect("recover");
+            PartitionLog::recover(storage.open_log("t", 0).expect("open"), 0, 0).expect("recover");
         let a = log
             .append(&[batch(3, 1000, None)], &config(), &AppendContext::at(0))
             .expect("append");
@@ -740,7 +871,10 @@ mod tests {
             retention_ms: -1,
             ..config()
         };
-        assert_eq!(log.apply_retention(&cfg, 0).expect("retention"), Some(5));
+        assert_eq!(
+            log.apply_retention(&cfg, 0, &|| Ok(())).expect("retention"),
+            Some(5)
+        );
         assert_eq!(log.summary().log_start_offset, 5);
         assert!(log.summary().size_bytes < s.size_bytes);
         assert!(matches!(
@@ -750,7 +884,7 @@ mod tests {
         // Recovery rebuilds the same state.
         drop(log);
         let log =
-            PartitionLog::recover(storage.open_log("t", 0).expect("open"), 5).expect("recover");
+            PartitionLog::recover(storage.open_log("t", 0).expect("open"), 5, 0).expect("recover");
         let s2 = log.summary();
         assert_eq!(
             (s2.log_start_offset, s2.log_end_offset, s2.high_watermark),
@@ -772,7 +906,7 @@ mod tests {
     #[test]
     fn idempotent_retries_are_dropped_and_gaps_refused() {
         let s = MemoryStorage::default();
-        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
         let b0 = batch(3, 0, Some((7, 0)));
         let first = log
             .append(std::slice::from_ref(&b0), &config(), &AppendContext::at(0))
@@ -813,11 +947,12 @@ mod tests {
         let s = MemoryStorage::default();
         let b0 = batch(2, 0, Some((9, 0)));
         {
-            let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+            let log =
+                PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
             log.append(std::slice::from_ref(&b0), &config(), &AppendContext::at(0))
                 .expect("append");
         }
-        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
         assert!(
             log.append(&[b0], &config(), &AppendContext::at(0))
                 .expect("retry")
@@ -828,7 +963,7 @@ mod tests {
     #[test]
     fn bad_batches_are_refused_and_nothing_is_written() {
         let s = MemoryStorage::default();
-        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
         let good = batch(1, 0, None);
         let mut bad_crc = good.to_vec();
         let last = bad_crc.len() - 1;
@@ -864,7 +999,7 @@ mod tests {
     #[test]
     fn log_append_time_stamps_batches() {
         let s = MemoryStorage::default();
-        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
         let cfg = LogConfig {
             log_append_time: true,
             ..config()
@@ -884,7 +1019,7 @@ mod tests {
 mod concurrent_store_tests {
     use super::*;
     use crate::storage::{MemoryStorage, Storage};
-    use runnel_codec::{BatchBuilder, Compression};
+    use runnel_codec::{BatchBuilder, Compression, ProducerInfo};
 
     fn batch(n: usize) -> Bytes {
         let mut b = BatchBuilder::new(Compression::None, 0);
@@ -897,7 +1032,7 @@ mod concurrent_store_tests {
     #[test]
     fn high_watermark_waits_for_every_batch_below_it() {
         let s = MemoryStorage::default();
-        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
         let cfg = LogConfig::default();
         let first = log
             .reserve(&[batch(2)], &cfg, &AppendContext::at(0))
@@ -924,7 +1059,8 @@ mod concurrent_store_tests {
     fn recovery_truncates_at_a_gap_left_by_a_crash() {
         let s = MemoryStorage::default();
         {
-            let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+            let log =
+                PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
             let cfg = LogConfig::default();
             let a = log
                 .reserve(&[batch(2)], &cfg, &AppendContext::at(0))
@@ -939,7 +1075,7 @@ mod concurrent_store_tests {
             log.write(c).expect("write");
             // "crash": the middle batch never reached storage.
         }
-        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0).expect("recover");
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
         let summary = log.summary();
         assert_eq!(
             (
@@ -949,7 +1085,160 @@ mod concurrent_store_tests {
             ),
             (2, 2, 1)
         );
-        let stored = s.open_log("t", 0).expect("open").scan().expect("scan");
+        let stored = s
+            .open_log("t", 0)
+            .expect("open")
+            .read(0, i64::MAX, usize::MAX)
+            .expect("scan");
         assert_eq!(stored.len(), 1, "the batch after the gap is removed");
+    }
+
+    /// A store that counts the batches recovery reads, to show it reads only the tail.
+    #[derive(Debug, Clone)]
+    struct Counting {
+        inner: crate::storage::MemoryLog,
+        read: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl BatchLog for Counting {
+        type Buf = Vec<u8>;
+        fn buffer(batch: &[u8]) -> Vec<u8> {
+            batch.to_vec()
+        }
+        fn put(&self, base: i64, batch: Vec<u8>) -> Result<(), StorageError> {
+            self.inner.put(base, batch)
+        }
+        fn read(&self, from: i64, end: i64, max: usize) -> Result<Vec<Bytes>, StorageError> {
+            self.inner.read(from, end, max)
+        }
+        fn scan_from(
+            &self,
+            from: i64,
+            visit: &mut crate::storage::Visit<'_>,
+        ) -> Result<(), StorageError> {
+            let read = self.read.clone();
+            self.inner.scan_from(from, &mut |b, v| {
+                read.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                visit(b, v)
+            })
+        }
+        fn remove(&self, base: i64) -> Result<(), StorageError> {
+            self.inner.remove(base)
+        }
+        fn read_index(&self) -> Result<crate::storage::StoredIndex, StorageError> {
+            self.inner.read_index()
+        }
+        fn write_index(
+            &self,
+            put: &[(i64, Vec<u8>)],
+            remove: &[i64],
+            checkpoint: &[u8],
+        ) -> Result<(), StorageError> {
+            self.inner.write_index(put, remove, checkpoint)
+        }
+    }
+
+    fn idempotent(pid: i64, seq: i32) -> Bytes {
+        let mut b = BatchBuilder::new(Compression::None, 0).with_producer(ProducerInfo {
+            producer_id: pid,
+            producer_epoch: 0,
+            base_sequence: seq,
+        });
+        b.append(0, None, Some(b"v"), &[]);
+        b.build().expect("build")
+    }
+
+    #[test]
+    fn recovery_reads_the_index_and_only_the_tail_after_the_checkpoint() {
+        let s = MemoryStorage::default();
+        let counting = Counting {
+            inner: s.open_log("t", 0).expect("open"),
+            read: Arc::default(),
+        };
+        let cfg = LogConfig::default();
+        let log = PartitionLog::recover(counting.clone(), 0, 0).expect("recover");
+        for seq in 0..100 {
+            log.append(&[idempotent(1, seq)], &cfg, &AppendContext::at(0))
+                .expect("append");
+        }
+        log.advance_high_watermark(log.log_end_offset());
+        assert_eq!(log.checkpoint().expect("checkpoint"), Some(100));
+        assert_eq!(log.checkpoint().expect("again"), None, "nothing new");
+        for seq in 100..103 {
+            log.append(&[idempotent(1, seq)], &cfg, &AppendContext::at(0))
+                .expect("append");
+        }
+        log.advance_high_watermark(log.log_end_offset());
+        let before = log.summary();
+        drop(log);
+
+        counting.read.store(0, std::sync::atomic::Ordering::SeqCst);
+        let log = PartitionLog::recover(counting.clone(), 0, 0).expect("recover");
+        // The three batches after the checkpoint, and the first batch below the log start
+        // offset check (none here, so it looks at one).
+        let read = counting.read.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(read <= 4, "recovery read {read} batches");
+        assert_eq!(log.summary(), before);
+        assert_eq!(log.unchecked().1, 100);
+        // The producer state is whole: a retry of a checkpointed batch and of a tail batch are
+        // both answered as duplicates, and the sequence goes on.
+        for (seq, offset) in [(50, 50), (101, 101)] {
+            let again = log
+                .append(&[idempotent(1, seq)], &cfg, &AppendContext::at(0))
+                .expect("retry");
+            assert!(again.duplicate);
+            assert_eq!(again.base_offset, offset);
+        }
+        assert_eq!(
+            log.append(&[idempotent(1, 103)], &cfg, &AppendContext::at(0))
+                .expect("next")
+                .base_offset,
+            103
+        );
+    }
+
+    #[test]
+    fn retention_is_durable_and_a_restart_finishes_what_it_began() {
+        let s = MemoryStorage::default();
+        let cfg = LogConfig::default();
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
+        for _ in 0..10 {
+            log.append(&[batch(1)], &cfg, &AppendContext::at(0))
+                .expect("append");
+        }
+        log.advance_high_watermark(10);
+        log.checkpoint().expect("checkpoint");
+        let flushes = std::sync::atomic::AtomicUsize::new(0);
+        let keep_four = LogConfig {
+            retention_ms: -1,
+            retention_bytes: 4 * log.read(0, 1).expect("read").batches[0].len() as i64,
+            ..cfg
+        };
+        let start = log
+            .apply_retention(&keep_four, 0, &|| {
+                flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            })
+            .expect("retention");
+        assert_eq!(start, Some(6));
+        assert_eq!(flushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        drop(log);
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
+        assert_eq!(log.summary().log_start_offset, 6, "no older log start");
+        assert_eq!(log.summary().batch_count, 4);
+
+        // A retention interrupted after its checkpoint, before its deletions: the restart
+        // deletes what is below the log start offset.
+        let raw = s.open_log("t", 0).expect("open");
+        let mut stale = batch(1).to_vec();
+        codec::set_base_offset(&mut stale, 2);
+        raw.put(2, stale).expect("put");
+        drop(log);
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
+        assert_eq!(log.summary().log_start_offset, 6);
+        assert!(
+            raw.read(0, 6, usize::MAX).expect("read").is_empty(),
+            "the batch below the log start is gone"
+        );
     }
 }

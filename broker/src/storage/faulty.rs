@@ -2,7 +2,7 @@
 //! double, for tests of what the broker does when its disk fails (a real disk cannot be made to
 //! fail one call at a time).
 
-use super::{BatchLog, Storage, StorageError};
+use super::{BatchLog, Storage, StorageError, StoredIndex};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -68,12 +68,31 @@ impl<L: BatchLog> BatchLog for FaultyLog<L> {
         self.inner.read(from, end, max)
     }
 
-    fn scan(&self) -> Result<Vec<(i64, Bytes)>, StorageError> {
-        self.inner.scan()
+    fn scan_from(
+        &self,
+        from_base: i64,
+        visit: &mut crate::storage::Visit<'_>,
+    ) -> Result<(), StorageError> {
+        self.inner.scan_from(from_base, visit)
     }
 
     fn remove(&self, base_offset: i64) -> Result<(), StorageError> {
+        self.faults.io(&self.faults.fail_puts, "remove")?;
         self.inner.remove(base_offset)
+    }
+
+    fn read_index(&self) -> Result<StoredIndex, StorageError> {
+        self.inner.read_index()
+    }
+
+    fn write_index(
+        &self,
+        put: &[(i64, Vec<u8>)],
+        remove: &[i64],
+        checkpoint: &[u8],
+    ) -> Result<(), StorageError> {
+        self.faults.io(&self.faults.fail_puts, "write_index")?;
+        self.inner.write_index(put, remove, checkpoint)
     }
 }
 

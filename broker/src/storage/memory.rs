@@ -1,23 +1,31 @@
 //! An in-memory [`Storage`], for tests of the logic above storage.
 
-use super::{log_name, parse_log_name, BatchLog, Storage, StorageError};
+use super::{log_name, parse_log_name, BatchLog, Storage, StorageError, StoredIndex};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-type Batches = Arc<Mutex<BTreeMap<i64, Bytes>>>;
+/// One partition's batches and index.
+#[derive(Debug, Default)]
+struct Partition {
+    batches: BTreeMap<i64, Bytes>,
+    index: BTreeMap<i64, Vec<u8>>,
+    checkpoint: Option<Vec<u8>>,
+}
+
+type Shared = Arc<Mutex<Partition>>;
 
 /// Storage that keeps everything in memory and forgets it on drop.
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
-    logs: Mutex<BTreeMap<String, Batches>>,
+    logs: Mutex<BTreeMap<String, Shared>>,
     meta: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 /// A partition log of [`MemoryStorage`].
 #[derive(Debug, Clone)]
-pub struct MemoryLog(Batches);
+pub struct MemoryLog(Shared);
 
 impl BatchLog for MemoryLog {
     type Buf = Vec<u8>;
@@ -27,15 +35,21 @@ impl BatchLog for MemoryLog {
     }
 
     fn put(&self, base_offset: i64, batch: Vec<u8>) -> Result<(), StorageError> {
-        self.0.lock().insert(base_offset, Bytes::from(batch));
+        self.0
+            .lock()
+            .batches
+            .insert(base_offset, Bytes::from(batch));
         Ok(())
     }
 
     fn read(&self, from_base: i64, end: i64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
-        let map = self.0.lock();
+        let p = self.0.lock();
         let mut out = Vec::new();
         let mut total = 0;
-        for (_, b) in map.range(from_base..end) {
+        if end <= from_base {
+            return Ok(out);
+        }
+        for (_, b) in p.batches.range(from_base..end) {
             if !out.is_empty() && total + b.len() > max_bytes {
                 break;
             }
@@ -45,12 +59,53 @@ impl BatchLog for MemoryLog {
         Ok(out)
     }
 
-    fn scan(&self) -> Result<Vec<(i64, Bytes)>, StorageError> {
-        Ok(self.0.lock().iter().map(|(k, v)| (*k, v.clone())).collect())
+    fn scan_from(
+        &self,
+        from_base: i64,
+        visit: &mut crate::storage::Visit<'_>,
+    ) -> Result<(), StorageError> {
+        let batches: Vec<(i64, Bytes)> = self
+            .0
+            .lock()
+            .batches
+            .range(from_base..)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (base, b) in batches {
+            if !visit(base, &b)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn remove(&self, base_offset: i64) -> Result<(), StorageError> {
-        self.0.lock().remove(&base_offset);
+        self.0.lock().batches.remove(&base_offset);
+        Ok(())
+    }
+
+    fn read_index(&self) -> Result<StoredIndex, StorageError> {
+        let p = self.0.lock();
+        Ok((
+            p.checkpoint.clone(),
+            p.index.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        ))
+    }
+
+    fn write_index(
+        &self,
+        put: &[(i64, Vec<u8>)],
+        remove: &[i64],
+        checkpoint: &[u8],
+    ) -> Result<(), StorageError> {
+        let mut p = self.0.lock();
+        for (base, entry) in put {
+            p.index.insert(*base, entry.clone());
+        }
+        for base in remove {
+            p.index.remove(base);
+        }
+        p.checkpoint = Some(checkpoint.to_vec());
         Ok(())
     }
 }
@@ -67,7 +122,7 @@ impl Storage for MemoryStorage {
 
     fn drop_log(&self, topic: &str, partition: i32) -> Result<(), StorageError> {
         if let Some(log) = self.logs.lock().remove(&log_name(topic, partition)) {
-            log.lock().clear();
+            *log.lock() = Partition::default();
         }
         Ok(())
     }

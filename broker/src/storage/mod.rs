@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 #[cfg(test)]
 pub(crate) mod faulty;
+pub(crate) mod file_sync;
 mod memory;
 mod sled_store;
 
@@ -29,7 +30,16 @@ pub enum StorageError {
     Corrupt(String),
 }
 
-/// One partition's ordered batches, keyed by base offset.
+/// What [`BatchLog::scan_from`] hands each batch to: its base offset and bytes; it answers
+/// whether to go on.
+pub type Visit<'a> = dyn FnMut(i64, &[u8]) -> Result<bool, StorageError> + 'a;
+
+/// A stored index: the checkpoint record, if one was written, and every entry (base offset,
+/// encoded entry) in offset order.
+pub type StoredIndex = (Option<Vec<u8>>, Vec<(i64, Vec<u8>)>);
+
+/// One partition's ordered batches, keyed by base offset, and beside them its index: an entry
+/// per batch and a checkpoint record, whose encodings belong to [`crate::log`].
 pub trait BatchLog: Send + Sync + 'static {
     /// A batch in the form this storage keeps it: the broker copies a received batch into one
     /// with [`Self::buffer`], patches its offsets in place and hands it to [`Self::put`], so the
@@ -37,16 +47,29 @@ pub trait BatchLog: Send + Sync + 'static {
     type Buf: AsRef<[u8]> + AsMut<[u8]> + Send + std::fmt::Debug + 'static;
     /// Copies `batch` into a buffer for [`Self::put`].
     fn buffer(batch: &[u8]) -> Self::Buf;
-    /// Stores a batch under its base offset (the bytes already carry that base offset).
+    /// Stores a batch under its base offset (the bytes already carry that base offset), or
+    /// replaces the one stored there.
     fn put(&self, base_offset: i64, batch: Self::Buf) -> Result<(), StorageError>;
     /// Reads batches in offset order, starting with the one whose base offset is `from_base`,
     /// until `max_bytes` is reached (at least one batch is returned when any exists) or a batch
     /// starts at or after `end` (exclusive).
     fn read(&self, from_base: i64, end: i64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError>;
-    /// Every stored batch, in order (recovery reads the log once at start).
-    fn scan(&self) -> Result<Vec<(i64, Bytes)>, StorageError>;
+    /// Hands `visit` each stored batch whose base offset is at least `from_base`, in order, one
+    /// at a time, until it returns false: recovery reads the tail of the log this way, without
+    /// holding it in memory.
+    fn scan_from(&self, from_base: i64, visit: &mut Visit<'_>) -> Result<(), StorageError>;
     /// Removes the batch stored under `base_offset`.
     fn remove(&self, base_offset: i64) -> Result<(), StorageError>;
+    /// The stored index.
+    fn read_index(&self) -> Result<StoredIndex, StorageError>;
+    /// Changes the index in one atomic step: adds (or replaces) `put`, removes `remove`, and
+    /// sets the checkpoint record.
+    fn write_index(
+        &self,
+        put: &[(i64, Vec<u8>)],
+        remove: &[i64],
+        checkpoint: &[u8],
+    ) -> Result<(), StorageError>;
 }
 
 /// A broker's storage: partition logs, a metadata map, and a durability barrier.
@@ -72,6 +95,11 @@ pub(crate) fn log_name(topic: &str, partition: i32) -> String {
     format!("log/{topic}/{partition}")
 }
 
+/// The name of a partition's index inside a storage.
+pub(crate) fn index_name(topic: &str, partition: i32) -> String {
+    format!("idx/{topic}/{partition}")
+}
+
 /// The inverse of [`log_name`].
 pub(crate) fn parse_log_name(name: &str) -> Option<(String, i32)> {
     let rest = name.strip_prefix("log/")?;
@@ -90,9 +118,19 @@ pub(crate) mod contract {
         v
     }
 
+    fn scan<L: BatchLog>(log: &L) -> Vec<(i64, Vec<u8>)> {
+        let mut out = Vec::new();
+        log.scan_from(0, &mut |base, b| {
+            out.push((base, b.to_vec()));
+            Ok(true)
+        })
+        .expect("scan");
+        out
+    }
+
     pub(crate) fn run<S: Storage>(storage: &S) {
         let log = storage.open_log("orders", 0).expect("open");
-        assert!(log.scan().expect("scan").is_empty());
+        assert!(scan(&log).is_empty());
         for base in [0, 10, 20, 30] {
             log.put(base, S::Log::buffer(&batch(base, 100)))
                 .expect("put");
@@ -107,8 +145,26 @@ pub(crate) mod contract {
         assert_eq!(log.read(0, i64::MAX, 250).expect("read").len(), 2);
         // Removal from the front.
         log.remove(0).expect("remove");
-        let bases: Vec<i64> = log.scan().expect("scan").iter().map(|(b, _)| *b).collect();
+        let bases: Vec<i64> = scan(&log).iter().map(|(b, _)| *b).collect();
         assert_eq!(bases, vec![10, 20, 30]);
+        // A scan from an offset, stopped by its visitor.
+        let mut seen = Vec::new();
+        log.scan_from(15, &mut |base, _| {
+            seen.push(base);
+            Ok(seen.is_empty())
+        })
+        .expect("scan");
+        assert_eq!(seen, vec![20]);
+        // The index changes atomically with its checkpoint record.
+        assert_eq!(log.read_index().expect("index"), (None, vec![]));
+        log.write_index(&[(10, vec![1]), (20, vec![2])], &[], b"c1")
+            .expect("index");
+        log.write_index(&[(30, vec![3])], &[10], b"c2")
+            .expect("index");
+        assert_eq!(
+            log.read_index().expect("index"),
+            (Some(b"c2".to_vec()), vec![(20, vec![2]), (30, vec![3])])
+        );
         // Logs are independent and listed.
         let other = storage.open_log("orders", 1).expect("open");
         other.put(0, S::Log::buffer(&batch(0, 10))).expect("put");
@@ -117,6 +173,19 @@ pub(crate) mod contract {
         assert_eq!(
             logs,
             vec![("orders".to_string(), 0), ("orders".to_string(), 1)]
+        );
+        other
+            .write_index(&[(0, vec![9])], &[], b"c")
+            .expect("index");
+        storage.drop_log("orders", 1).expect("drop");
+        assert_eq!(
+            storage
+                .open_log("orders", 1)
+                .expect("open")
+                .read_index()
+                .expect("index"),
+            (None, vec![]),
+            "dropping a log drops its index"
         );
         storage.drop_log("orders", 1).expect("drop");
         assert_eq!(
@@ -153,7 +222,7 @@ pub(crate) mod contract {
         }
         let s = SledStorage::open(dir.path()).expect("reopen");
         assert_eq!(s.list_logs().expect("list"), vec![("t".to_string(), 2)]);
-        let got = s.open_log("t", 2).expect("open").scan().expect("scan");
+        let got = scan(&s.open_log("t", 2).expect("open"));
         assert_eq!(got.len(), 1);
         assert_eq!(&got[0].1[..], &batch(5, 64)[..]);
         assert_eq!(s.get_meta("m").expect("meta"), Some(b"1".to_vec()));

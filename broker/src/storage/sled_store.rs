@@ -1,16 +1,16 @@
 //! [`Storage`] on sled: one database per broker, one tree per partition keyed by the batch's base
 //! offset (big-endian, so sled's byte order is offset order), and a `meta` tree.
 //!
-//! Durability: sled 0.34's `flush` writes its buffers and calls `sync_file_range`, which neither
-//! flushes the drive's cache nor the file's metadata, and values too large for a segment are
-//! written to `blobs/` files that sled never fsyncs (with 64 KiB batches, most leaves are large
-//! enough to become blobs). [`SledStorage::flush`] therefore follows sled's flush with a
-//! `syncfs(2)` of the data directory's filesystem: one call that makes the log file, every blob
-//! file and their directory entries durable. On a broker's own volume that is exactly its data;
-//! on a shared disk it also flushes other writers' dirty pages (correct, possibly slower).
+//! Durability: sled 0.34's `flush` writes its buffers but never calls `fsync`, and values too
+//! large for a segment are written to `blobs/` files that it never syncs (with 64 KiB batches,
+//! most leaves are large enough to become blobs). [`SledStorage::flush`] therefore follows
+//! sled's flush with an `fsync` of each file sled wrote since the last flush and of the
+//! directories naming new ones ([`super::file_sync`]).
 
-use super::{log_name, parse_log_name, BatchLog, Storage, StorageError};
+use super::file_sync::FileSync;
+use super::{index_name, log_name, parse_log_name, BatchLog, Storage, StorageError};
 use bytes::Bytes;
+use parking_lot::Mutex;
 use std::fs::File;
 use std::path::Path;
 
@@ -19,13 +19,19 @@ use std::path::Path;
 pub struct SledStorage {
     db: sled::Db,
     meta: sled::Tree,
-    /// An open handle on the data directory's filesystem, for `syncfs`.
-    db_file: File,
+    /// Syncs the files sled writes; one flush at a time.
+    files: Mutex<FileSync>,
 }
 
-/// A partition log: one sled tree.
+/// A partition log: a sled tree of batches and one of its index.
 #[derive(Debug, Clone)]
-pub struct SledLog(sled::Tree);
+pub struct SledLog {
+    batches: sled::Tree,
+    index: sled::Tree,
+}
+
+/// The index tree's key of the checkpoint record; it sorts before every entry's.
+const CHECKPOINT_KEY: &[u8] = b"";
 
 fn key(offset: i64) -> [u8; 8] {
     (offset.max(0) as u64).to_be_bytes()
@@ -59,8 +65,12 @@ impl SledStorage {
             .flush_every_ms(None)
             .open()?;
         let meta = db.open_tree("meta")?;
-        let db_file = File::open(dir.join("db"))?;
-        Ok(Self { db, meta, db_file })
+        let files = FileSync::start(dir, &["blobs"], File::open(dir.join("db"))?)?;
+        Ok(Self {
+            db,
+            meta,
+            files: Mutex::new(files),
+        })
     }
 }
 
@@ -72,7 +82,7 @@ impl BatchLog for SledLog {
     }
 
     fn put(&self, base_offset: i64, batch: sled::IVec) -> Result<(), StorageError> {
-        self.0.insert(key(base_offset), batch)?;
+        self.batches.insert(key(base_offset), batch)?;
         Ok(())
     }
 
@@ -82,7 +92,7 @@ impl BatchLog for SledLog {
         if end <= from_base {
             return Ok(out);
         }
-        for item in self.0.range(key(from_base)..key(end)) {
+        for item in self.batches.range(key(from_base)..key(end)) {
             let (_, v) = item?;
             if !out.is_empty() && total + v.len() > max_bytes {
                 break;
@@ -93,18 +103,53 @@ impl BatchLog for SledLog {
         Ok(out)
     }
 
-    fn scan(&self) -> Result<Vec<(i64, Bytes)>, StorageError> {
-        self.0
-            .iter()
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((offset_of(&k)?, ivec_to_bytes(v)))
-            })
-            .collect()
+    fn scan_from(
+        &self,
+        from_base: i64,
+        visit: &mut crate::storage::Visit<'_>,
+    ) -> Result<(), StorageError> {
+        for item in self.batches.range(key(from_base)..) {
+            let (k, v) = item?;
+            if !visit(offset_of(&k)?, &v)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn remove(&self, base_offset: i64) -> Result<(), StorageError> {
-        self.0.remove(key(base_offset))?;
+        self.batches.remove(key(base_offset))?;
+        Ok(())
+    }
+
+    fn read_index(&self) -> Result<super::StoredIndex, StorageError> {
+        let checkpoint = self.index.get(CHECKPOINT_KEY)?.map(|v| v.to_vec());
+        let entries = self
+            .index
+            .range(key(0)..)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((offset_of(&k)?, v.to_vec()))
+            })
+            .collect::<Result<_, StorageError>>()?;
+        Ok((checkpoint, entries))
+    }
+
+    fn write_index(
+        &self,
+        put: &[(i64, Vec<u8>)],
+        remove: &[i64],
+        checkpoint: &[u8],
+    ) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for (base, entry) in put {
+            batch.insert(&key(*base), entry.as_slice());
+        }
+        for base in remove {
+            batch.remove(&key(*base));
+        }
+        batch.insert(CHECKPOINT_KEY, checkpoint);
+        self.index.apply_batch(batch)?;
         Ok(())
     }
 }
@@ -113,11 +158,15 @@ impl Storage for SledStorage {
     type Log = SledLog;
 
     fn open_log(&self, topic: &str, partition: i32) -> Result<SledLog, StorageError> {
-        Ok(SledLog(self.db.open_tree(log_name(topic, partition))?))
+        Ok(SledLog {
+            batches: self.db.open_tree(log_name(topic, partition))?,
+            index: self.db.open_tree(index_name(topic, partition))?,
+        })
     }
 
     fn drop_log(&self, topic: &str, partition: i32) -> Result<(), StorageError> {
         self.db.drop_tree(log_name(topic, partition))?;
+        self.db.drop_tree(index_name(topic, partition))?;
         Ok(())
     }
 
@@ -141,8 +190,9 @@ impl Storage for SledStorage {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
-        // One syncfs covers the log file, every blob file and the directory entries naming them.
-        rustix::fs::syncfs(&self.db_file).map_err(std::io::Error::from)?;
+        // Under the lock: a flush that finds no new file must still wait for the one syncing
+        // the files that its own writes may depend on.
+        self.files.lock().sync()?;
         Ok(())
     }
 }
