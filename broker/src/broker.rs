@@ -701,6 +701,54 @@ impl<S: Storage> Broker<S> {
         Ok(())
     }
 
+    /// Runs a compaction pass over every compacted partition that is due (see
+    /// [`crate::compaction`]); returns how many were cleaned.
+    pub fn compact_logs(&self) -> Result<usize, BrokerError> {
+        if self.health.failure().is_some() {
+            return Ok(0);
+        }
+        let view = self.metadata.read().clone();
+        let now = now_ms();
+        let mut cleaned = 0;
+        for ((topic, partition), log) in self.held_logs() {
+            let config = view
+                .log_configs
+                .get(&topic)
+                .copied()
+                .unwrap_or(self.settings.log_defaults);
+            if !config.compact {
+                continue;
+            }
+            // What is durable is cleanable: checkpoint it first (made durable with the pass).
+            let storage = self.storage.clone();
+            let pass = log
+                .checkpoint()
+                .and_then(|_| log.compact(&config, now, &move || storage.flush()));
+            match pass {
+                Ok(Some(pass)) => {
+                    cleaned += 1;
+                    tracing::info!(
+                        topic,
+                        partition,
+                        bytes_before = pass.bytes_before,
+                        bytes_after = pass.bytes_after,
+                        batches_removed = pass.batches_removed,
+                        cleaned_offset = pass.cleaned_offset,
+                        "compacted"
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if matches!(e, LogError::Storage(_)) {
+                        self.fail_storage(&format!("compaction failed: {e}"));
+                    }
+                    return Err(BrokerError::log(&topic, partition, e));
+                }
+            }
+        }
+        Ok(cleaned)
+    }
+
     /// Checkpoints the partitions with at least `bytes` appended beyond their checkpoint, or
     /// with anything appended when `all`, then makes the checkpoints durable; returns how many
     /// were written. This bounds what a restart reads (see [`crate::log::index`]).

@@ -38,6 +38,8 @@ pub struct ConfigLayer {
     pub retention_bytes: Option<i64>,
     /// How often retention runs.
     pub retention_check_interval_ms: Option<u64>,
+    /// How often the cleaner looks for compacted partitions to clean.
+    pub cleaner_interval_ms: Option<u64>,
     /// How long a group commit waits for more appends to join (0: none).
     pub flush_linger_ms: Option<u64>,
     /// How long an acks=all produce waits for durability.
@@ -70,6 +72,7 @@ pub const FIELDS: &[&str] = &[
     "retention_ms",
     "retention_bytes",
     "retention_check_interval_ms",
+    "cleaner_interval_ms",
     "flush_linger_ms",
     "produce_timeout_ms",
     "producer_id_expiration_ms",
@@ -102,6 +105,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Retention period.
     pub retention_check_interval: Duration,
+    /// How often the cleaner runs.
+    pub cleaner_interval: Duration,
     /// sled page cache.
     pub cache_capacity_bytes: u64,
     /// Async worker threads.
@@ -127,6 +132,7 @@ impl ConfigLayer {
             retention_ms: Some(LogConfig::default().retention_ms),
             retention_bytes: Some(-1),
             retention_check_interval_ms: Some(300_000),
+            cleaner_interval_ms: Some(15_000),
             flush_linger_ms: Some(0),
             produce_timeout_ms: Some(30_000),
             producer_id_expiration_ms: Some(DEFAULT_PRODUCER_ID_EXPIRATION_MS),
@@ -155,6 +161,7 @@ impl ConfigLayer {
             retention_ms,
             retention_bytes,
             retention_check_interval_ms,
+            cleaner_interval_ms,
             flush_linger_ms,
             produce_timeout_ms,
             producer_id_expiration_ms,
@@ -307,6 +314,10 @@ impl ConfigLayer {
                 "must be positive".into(),
             ));
         }
+        let cleaner_interval = self.cleaner_interval_ms.unwrap_or(15_000);
+        if cleaner_interval == 0 {
+            return Err(bad("cleaner_interval_ms", "must be positive".into()));
+        }
         Ok(Config {
             settings: BrokerSettings {
                 broker_id,
@@ -319,7 +330,7 @@ impl ConfigLayer {
                     max_message_bytes: max_message_bytes as usize,
                     retention_ms,
                     retention_bytes,
-                    log_append_time: false,
+                    ..LogConfig::default()
                 },
                 produce_timeout: Duration::from_millis(produce_timeout_ms),
                 producer_id_expiration_ms,
@@ -330,6 +341,7 @@ impl ConfigLayer {
             listen,
             metrics_listen,
             retention_check_interval: Duration::from_millis(retention_check),
+            cleaner_interval: Duration::from_millis(cleaner_interval),
             cache_capacity_bytes: self.cache_capacity_bytes.unwrap_or(256 << 20),
             network_threads,
         })

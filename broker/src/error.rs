@@ -185,7 +185,8 @@ fn log_code(e: &LogError) -> Code {
         | LogError::EmptyProduce
         | LogError::Unsupported(_)
         | LogError::OffsetDeltaMismatch { .. }
-        | LogError::UnknownProducerId { .. } => Code::InvalidArgument,
+        | LogError::UnknownProducerId { .. }
+        | LogError::KeylessInCompactedTopic { .. } => Code::InvalidArgument,
         LogError::BatchTooLarge { .. } => Code::ResourceExhausted,
         LogError::OffsetOutOfRange { .. } => Code::OutOfRange,
         LogError::OutOfOrderSequence { .. } | LogError::ProducerFenced { .. } => Code::Aborted,

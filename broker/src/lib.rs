@@ -7,6 +7,7 @@
 
 pub mod appender;
 pub mod broker;
+pub mod compaction;
 pub mod config;
 pub mod durability;
 pub mod error;

@@ -50,6 +50,9 @@ struct Flags {
     /// How often retention runs, in ms.
     #[arg(long)]
     retention_check_interval_ms: Option<u64>,
+    /// How often the cleaner looks for compacted partitions to clean, in ms.
+    #[arg(long)]
+    cleaner_interval_ms: Option<u64>,
     /// How long a group commit waits for more appends, in ms (0: none).
     #[arg(long)]
     flush_linger_ms: Option<u64>,
@@ -83,6 +86,7 @@ impl Flags {
             retention_ms: self.retention_ms,
             retention_bytes: self.retention_bytes,
             retention_check_interval_ms: self.retention_check_interval_ms,
+            cleaner_interval_ms: self.cleaner_interval_ms,
             flush_linger_ms: self.flush_linger_ms,
             produce_timeout_ms: self.produce_timeout_ms,
             producer_id_expiration_ms: self.producer_id_expiration_ms,

@@ -57,7 +57,24 @@ pub fn log_config(config: Option<&TopicConfig>, defaults: &LogConfig) -> LogConf
             .message_timestamp_type
             .as_deref()
             .map_or(defaults.log_append_time, |t| t == "LogAppendTime"),
+        delete: c.cleanup_policy.as_deref().map_or(defaults.delete, |p| {
+            cleanup_policies(p).any(|p| p == "delete")
+        }),
+        compact: c.cleanup_policy.as_deref().map_or(defaults.compact, |p| {
+            cleanup_policies(p).any(|p| p == "compact")
+        }),
+        delete_retention_ms: c
+            .delete_retention_ms
+            .unwrap_or(defaults.delete_retention_ms),
+        min_cleanable_dirty_ratio: c
+            .min_cleanable_dirty_ratio
+            .unwrap_or(defaults.min_cleanable_dirty_ratio),
     }
+}
+
+/// The policies of a `cleanup.policy` value: Kafka's comma-separated list.
+fn cleanup_policies(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim)
 }
 
 /// Checks a topic config's values, naming the first bad one.
@@ -86,12 +103,25 @@ pub fn validate_topic_config(c: &TopicConfig) -> Result<(), BrokerError> {
     if let Some(v) = c
         .cleanup_policy
         .as_deref()
-        .filter(|v| !matches!(*v, "delete" | "compact"))
+        .filter(|v| v.is_empty() || cleanup_policies(v).any(|p| !matches!(p, "delete" | "compact")))
     {
         return bad(
             "cleanup.policy",
             v.to_string(),
-            "must be `delete` or `compact`",
+            "must be `delete`, `compact` or both (`compact,delete`)",
+        );
+    }
+    if let Some(v) = c.delete_retention_ms.filter(|v| *v < 0) {
+        return bad("delete.retention.ms", v.to_string(), "must be at least 0");
+    }
+    if let Some(v) = c
+        .min_cleanable_dirty_ratio
+        .filter(|v| !(0.0..=1.0).contains(v))
+    {
+        return bad(
+            "min.cleanable.dirty.ratio",
+            v.to_string(),
+            "must be between 0 and 1",
         );
     }
     if let Some(v) = c.min_insync_replicas.filter(|v| *v < 1) {

@@ -132,6 +132,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    // The cleaner: compacted topics, off the produce path.
+    let cleaning = broker.clone();
+    let cleaner_interval = config.cleaner_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(cleaner_interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let b = cleaning.clone();
+            match tokio::task::spawn_blocking(move || b.compact_logs()).await {
+                Ok(Err(e)) => tracing::error!(error = %e, "compaction failed"),
+                Err(e) => tracing::error!(error = %e, "compaction task failed"),
+                Ok(Ok(_)) => {}
+            }
+        }
+    });
+
     // The storage watch: a flush that stops answering fails the storage; a failed storage is
     // reopened, once its disk takes writes again, by starting this broker afresh in place.
     let watched = broker.clone();

@@ -12,13 +12,15 @@ use crate::connection::{admin_client, Cluster};
 use crate::error::{Error, Result};
 
 /// The topic configuration keys `create_topic` accepts, in Kafka's spelling.
-pub const TOPIC_CONFIG_KEYS: [&str; 6] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 8] = [
     "retention.ms",
     "retention.bytes",
     "cleanup.policy",
     "min.insync.replicas",
     "max.message.bytes",
     "message.timestamp.type",
+    "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
 ];
 
 /// Parses `key=value` (as given to `--config`) into its two halves.
@@ -47,13 +49,24 @@ pub fn topic_config(configs: &BTreeMap<String, String>) -> Result<TopicConfig> {
             "retention.ms" => c.retention_ms = Some(int(key, value)?),
             "retention.bytes" => c.retention_bytes = Some(int(key, value)?),
             "cleanup.policy" => match value.as_str() {
-                "delete" | "compact" => c.cleanup_policy = Some(value.clone()),
+                "delete" | "compact" | "compact,delete" | "delete,compact" => {
+                    c.cleanup_policy = Some(value.clone())
+                }
                 _ => {
                     return Err(Error::Config(format!(
-                        "topic config `cleanup.policy`: `{value}` is not one of delete, compact"
+                        "topic config `cleanup.policy`: `{value}` is not one of delete, compact, \
+                         compact,delete"
                     )))
                 }
             },
+            "delete.retention.ms" => c.delete_retention_ms = Some(int(key, value)?),
+            "min.cleanable.dirty.ratio" => {
+                c.min_cleanable_dirty_ratio = Some(value.parse().map_err(|_| {
+                    Error::Config(format!(
+                        "topic config `{key}`: `{value}` is not a number between 0 and 1"
+                    ))
+                })?)
+            }
             "min.insync.replicas" => c.min_insync_replicas = Some(int(key, value)?),
             "max.message.bytes" => c.max_message_bytes = Some(int(key, value)?),
             "message.timestamp.type" => match value.as_str() {
@@ -96,6 +109,12 @@ pub fn config_entries(c: &TopicConfig) -> BTreeMap<String, String> {
     }
     if let Some(v) = &c.message_timestamp_type {
         m.insert("message.timestamp.type".into(), v.clone());
+    }
+    if let Some(v) = c.delete_retention_ms {
+        m.insert("delete.retention.ms".into(), v.to_string());
+    }
+    if let Some(v) = c.min_cleanable_dirty_ratio {
+        m.insert("min.cleanable.dirty.ratio".into(), v.to_string());
     }
     m
 }

@@ -94,12 +94,13 @@ fn decode_records(header: &BatchHeader, data: &Bytes) -> Result<Vec<Record>, Cod
 /// headers with UTF-8 keys, no bytes left over), offset deltas `0, 1, 2, …` in order (the
 /// batch's own offsets, as Kafka's broker requires), and a records count that matches the
 /// header. A compressed batch is inflated to check it, at most to `max_uncompressed_len`
-/// bytes. Nothing is allocated for an uncompressed batch.
+/// bytes. Nothing is allocated for an uncompressed batch. Returns what a topic's rules may
+/// still refuse (records without a key, in a compacted topic).
 pub fn validate_records(
     batch: &[u8],
     header: &BatchHeader,
     max_uncompressed_len: usize,
-) -> Result<(), CodecError> {
+) -> Result<RecordsChecked, CodecError> {
     let total = header.total_len();
     let Some(section) = batch.get(BATCH_HEADER_LEN..total) else {
         return Err(CodecError::Truncated {
@@ -116,7 +117,11 @@ pub fn validate_records(
         }
     };
     let mut expected_delta = 0i32;
+    let mut checked = RecordsChecked::default();
     walk_records(header, data, |raw| {
+        if raw.key.is_none() {
+            checked.keyless += 1;
+        }
         if raw.offset_delta != expected_delta {
             return Err(format!(
                 "offset delta {} where {expected_delta} was due: a batch's records carry offset deltas 0, 1, 2, … in order",
@@ -125,7 +130,96 @@ pub fn validate_records(
         }
         expected_delta = expected_delta.wrapping_add(1);
         Ok(())
-    })
+    })?;
+    Ok(checked)
+}
+
+/// What [`validate_records`] saw besides framing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordsChecked {
+    /// Records whose key is null.
+    pub keyless: u32,
+}
+
+/// One record as [`retain_records`] shows it to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// The record's offset.
+    pub offset: i64,
+    /// The record's timestamp (create time; the batch's for log-append-time batches).
+    pub timestamp: i64,
+    /// The key, `None` when null.
+    pub key: Option<&'a [u8]>,
+    /// Whether the value is null: a tombstone in a compacted topic.
+    pub tombstone: bool,
+}
+
+/// Rewrites a batch keeping only the records `keep` accepts, as log compaction does: the header
+/// (base offset, `lastOffsetDelta`, timestamps, producer id, epoch and base sequence) and each
+/// kept record's bytes stay as they are, so no offset moves; the records are compressed again
+/// with the batch's codec; the records count, length and CRC are new. `None` when every record
+/// is kept. The batch may end up with no records (a compacted batch kept for its producer).
+pub fn retain_records(
+    batch: &[u8],
+    max_uncompressed_len: usize,
+    mut keep: impl FnMut(&RecordView<'_>) -> bool,
+) -> Result<Option<Vec<u8>>, CodecError> {
+    let header = validate_batch(batch)?;
+    let total = header.total_len();
+    let section = &batch[BATCH_HEADER_LEN..total];
+    let codec = header.compression()?;
+    let inflated;
+    let data = match codec {
+        Compression::None => section,
+        c => {
+            inflated = decompress(c, section, max_uncompressed_len)?;
+            &inflated[..]
+        }
+    };
+    let log_append_time = header.timestamp_type() == TimestampType::LogAppendTime;
+    let mut kept: Vec<u8> = Vec::with_capacity(data.len());
+    let mut kept_count = 0i32;
+    let mut dropped = false;
+    let mut rest = data;
+    let mut index = 0usize;
+    while !rest.is_empty() {
+        let before = rest;
+        let raw = parse_record(&mut rest).map_err(|msg| {
+            CodecError::MalformedRecord(format!("record #{index} of a stored batch: {msg}"))
+        })?;
+        index += 1;
+        let view = RecordView {
+            offset: header.base_offset.wrapping_add(i64::from(raw.offset_delta)),
+            timestamp: if log_append_time {
+                header.max_timestamp
+            } else {
+                header.base_timestamp.wrapping_add(raw.timestamp_delta)
+            },
+            key: raw.key,
+            tombstone: raw.value.is_none(),
+        };
+        if keep(&view) {
+            kept.extend_from_slice(&before[..before.len() - rest.len()]);
+            kept_count += 1;
+        } else {
+            dropped = true;
+        }
+    }
+    if !dropped {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(BATCH_HEADER_LEN + kept.len());
+    out.extend_from_slice(&batch[..BATCH_HEADER_LEN]);
+    match codec {
+        Compression::None => out.extend_from_slice(&kept),
+        c => crate::compression::compress(c, &kept, &mut out)?,
+    }
+    let mut h = header;
+    h.batch_length = i32::try_from(out.len() - crate::header::LOG_OVERHEAD)
+        .map_err(|_| CodecError::TooLarge(format!("{} bytes", out.len())))?;
+    h.records_count = kept_count;
+    crate::header::write_header(&mut out, &h);
+    Ok(Some(out))
 }
 
 /// A record's fields as slices of the records section, before anything is copied.

@@ -48,8 +48,8 @@ pub mod varint;
 pub use builder::{encode_batch, BatchBuilder};
 pub use compression::Compression;
 pub use decode::{
-    decode_batch, decode_batch_bytes, decode_batch_with_limit, validate_records,
-    MAX_UNCOMPRESSED_LEN,
+    decode_batch, decode_batch_bytes, decode_batch_with_limit, retain_records, validate_records,
+    RecordView, RecordsChecked, MAX_UNCOMPRESSED_LEN,
 };
 pub use error::CodecError;
 pub use header::{

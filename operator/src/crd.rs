@@ -230,11 +230,22 @@ pub struct TopicConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1))]
     pub retention_bytes: Option<i64>,
-    /// `cleanup.policy`: `delete` old batches, or `compact` to the last record per key.
+    /// `cleanup.policy`: `delete` old batches, `compact` to the last record per key (records
+    /// without a key are refused), or both (`compact,delete`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup_policy: Option<CleanupPolicy>,
-    /// `min.insync.replicas`: replicas that must have a record before an `acks=all` produce
-    /// succeeds. At most `replicas`.
+    /// `delete.retention.ms`: how long compaction keeps a tombstone (a record with a null value)
+    /// after its timestamp. Default one day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub delete_retention_ms: Option<i64>,
+    /// `min.cleanable.dirty.ratio`: the share of a partition written since its last cleaning
+    /// that starts the next one. Default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_cleanable_dirty_ratio: Option<f64>,
+    /// `min.insync.replicas`: accepted and kept, not enforced yet: every partition has one copy
+    /// until replication is built. At most `replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub min_insync_replicas: Option<i32>,
@@ -255,6 +266,9 @@ pub enum CleanupPolicy {
     Delete,
     /// Keep the last record of each key.
     Compact,
+    /// Both: compact, and delete by age and size.
+    #[serde(rename = "compact,delete")]
+    CompactDelete,
 }
 
 /// Kafka's `message.timestamp.type`.
@@ -644,8 +658,10 @@ mod tests {
             fields,
             [
                 "cleanupPolicy",
+                "deleteRetentionMs",
                 "maxMessageBytes",
                 "messageTimestampType",
+                "minCleanableDirtyRatio",
                 "minInsyncReplicas",
                 "retentionBytes",
                 "retentionMs"
@@ -653,7 +669,7 @@ mod tests {
         );
         assert_eq!(
             config["properties"]["cleanupPolicy"]["enum"],
-            serde_json::json!(["delete", "compact"])
+            serde_json::json!(["delete", "compact", "compact,delete"])
         );
         assert_eq!(config["properties"]["retentionMs"]["minimum"], -1.0);
     }

@@ -38,7 +38,12 @@ pub(crate) fn check_batch(batch: &[u8], config: &LogConfig) -> Result<BatchHeade
             "transactional and control batches are not supported",
         ));
     }
-    codec::validate_records(batch, &h, codec::MAX_UNCOMPRESSED_LEN)?;
+    let checked = codec::validate_records(batch, &h, codec::MAX_UNCOMPRESSED_LEN)?;
+    if config.compact && checked.keyless > 0 {
+        return Err(LogError::KeylessInCompactedTopic {
+            keyless: checked.keyless,
+        });
+    }
     Ok(h)
 }
 

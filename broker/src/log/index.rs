@@ -141,29 +141,35 @@ pub struct Checkpoint {
     /// The log start offset: batches below it are deleted (by retention), also when a crash
     /// interrupted the deletion.
     pub log_start_offset: i64,
+    /// Compaction has cleaned the log below this offset: what is above it, up to `end_offset`,
+    /// is its dirty part.
+    pub cleaned_offset: i64,
 }
 
 impl Checkpoint {
     /// Its stored form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(17);
+        let mut v = Vec::with_capacity(25);
         v.push(CHECKPOINT_VERSION);
         v.extend_from_slice(&self.end_offset.to_be_bytes());
         v.extend_from_slice(&self.log_start_offset.to_be_bytes());
+        v.extend_from_slice(&self.cleaned_offset.to_be_bytes());
         v
     }
 
     /// Reads a stored checkpoint.
     pub fn decode(b: &[u8]) -> Result<Self, IndexCorrupt> {
         match b {
-            [CHECKPOINT_VERSION, rest @ ..] if rest.len() == 16 => {
-                let mut end = [0u8; 8];
-                end.copy_from_slice(&rest[..8]);
-                let mut start = [0u8; 8];
-                start.copy_from_slice(&rest[8..]);
+            [CHECKPOINT_VERSION, rest @ ..] if rest.len() == 24 => {
+                let at = |i: usize| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(&rest[i..i + 8]);
+                    i64::from_be_bytes(a)
+                };
                 Ok(Checkpoint {
-                    end_offset: i64::from_be_bytes(end),
-                    log_start_offset: i64::from_be_bytes(start),
+                    end_offset: at(0),
+                    log_start_offset: at(8),
+                    cleaned_offset: at(16),
                 })
             }
             _ => Err(IndexCorrupt(format!(
@@ -193,6 +199,7 @@ mod tests {
             count in any::<i32>(),
             end in any::<i64>(),
             start in any::<i64>(),
+            cleaned in any::<i64>(),
         ) {
             let m = BatchMeta {
                 base_offset: base,
@@ -205,7 +212,7 @@ mod tests {
                 records_count: count,
             };
             prop_assert_eq!(decode_entry(base, &encode_entry(&m)), Ok(m));
-            let c = Checkpoint { end_offset: end, log_start_offset: start };
+            let c = Checkpoint { end_offset: end, log_start_offset: start, cleaned_offset: cleaned };
             prop_assert_eq!(Checkpoint::decode(&c.encode()), Ok(c));
         }
     }
@@ -213,7 +220,7 @@ mod tests {
     #[test]
     fn damaged_records_are_refused() {
         assert!(decode_entry(0, &[0; 5]).is_err());
-        assert!(Checkpoint::decode(&[9; 17]).is_err());
+        assert!(Checkpoint::decode(&[9; 25]).is_err());
         assert!(Checkpoint::decode(&[]).is_err());
     }
 }

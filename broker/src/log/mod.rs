@@ -11,6 +11,7 @@ mod checks;
 pub mod index;
 mod producer;
 
+use crate::compaction::{self, Candidate, KeyMap};
 use crate::retention::retention_cut;
 use crate::storage::{BatchLog, StorageError};
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use index::{decode_entry, encode_entry, BatchMeta, Checkpoint};
 use parking_lot::Mutex;
 use producer::{Producers, SequenceCheck};
 use runnel_codec::{self as codec, CodecError, NO_PRODUCER_ID};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
@@ -91,6 +92,12 @@ pub enum LogError {
         /// The newest epoch seen.
         current: i16,
     },
+    /// A record without a key for a compacted topic, which keeps the last record of each key.
+    #[error("a compacted topic (cleanup.policy=compact) takes only records with a key; {keyless} records of the batch have none")]
+    KeylessInCompactedTopic {
+        /// How many records have no key.
+        keyless: u32,
+    },
     /// A batch carries a producer id that no broker of the cluster issued.
     #[error("unknown producer id {producer_id}: it was never issued; ask the broker for one with InitProducerId")]
     UnknownProducerId {
@@ -107,7 +114,7 @@ pub enum LogError {
 }
 
 /// The per-topic settings a log obeys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LogConfig {
     /// `max.message.bytes`: largest batch accepted.
     pub max_message_bytes: usize,
@@ -117,6 +124,17 @@ pub struct LogConfig {
     pub retention_bytes: i64,
     /// `message.timestamp.type=LogAppendTime`: the broker stamps batches.
     pub log_append_time: bool,
+    /// `cleanup.policy` has `delete`: retention deletes old batches.
+    pub delete: bool,
+    /// `cleanup.policy` has `compact`: the cleaner keeps the last record of each key, and
+    /// records without a key are refused.
+    pub compact: bool,
+    /// `delete.retention.ms`: how long a tombstone (a record with a null value) is kept, by its
+    /// timestamp, before compaction removes it.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: the share of the cleanable log written since the last
+    /// cleaning that starts the next one.
+    pub min_cleanable_dirty_ratio: f64,
 }
 
 impl Default for LogConfig {
@@ -126,8 +144,27 @@ impl Default for LogConfig {
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: -1,
             log_append_time: false,
+            delete: true,
+            compact: false,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
         }
     }
+}
+
+/// What a cleaning pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// Batches rewritten with fewer records.
+    pub batches_rewritten: usize,
+    /// Batches left with no record, removed.
+    pub batches_removed: usize,
+    /// Bytes of the batches the pass covered, before and after.
+    pub bytes_before: u64,
+    /// See `bytes_before`.
+    pub bytes_after: u64,
+    /// The log is clean below this offset now.
+    pub cleaned_offset: i64,
 }
 
 /// What an append did.
@@ -262,6 +299,7 @@ impl<L: BatchLog> PartitionLog<L> {
             None => Checkpoint {
                 end_offset: 0,
                 log_start_offset: legacy_log_start,
+                cleaned_offset: 0,
             },
         };
         let log_start_floor = checkpoint.log_start_offset;
@@ -396,7 +434,7 @@ impl<L: BatchLog> PartitionLog<L> {
                 .collect();
             let next = Checkpoint {
                 end_offset: end,
-                log_start_offset: s.log_start_offset,
+                ..s.checkpoint
             };
             (entries, next)
         };
@@ -685,6 +723,9 @@ impl<L: BatchLog> PartitionLog<L> {
         now_ms: i64,
         flush: &dyn Fn() -> Result<(), StorageError>,
     ) -> Result<Option<i64>, LogError> {
+        if !config.delete {
+            return Ok(None);
+        }
         let _maintenance = self.maintenance.lock();
         let (cut, next) = {
             let s = self.state.lock();
@@ -708,6 +749,7 @@ impl<L: BatchLog> PartitionLog<L> {
             let next = Checkpoint {
                 end_offset: s.checkpoint.end_offset.max(log_start_offset),
                 log_start_offset,
+                cleaned_offset: s.checkpoint.cleaned_offset.max(log_start_offset),
             };
             let cut: Vec<BatchMeta> = s.index.iter().take(cut).copied().collect();
             (cut, next)
@@ -739,6 +781,141 @@ impl<L: BatchLog> PartitionLog<L> {
             self.store.remove(b.base_offset)?;
         }
         Ok(Some(next.log_start_offset))
+    }
+
+    /// One batch as stored, if it is.
+    fn stored_batch(&self, base_offset: i64) -> Result<Option<Bytes>, LogError> {
+        Ok(self
+            .store
+            .read(base_offset, base_offset + 1, usize::MAX)?
+            .into_iter()
+            .next())
+    }
+
+    /// One pass of log compaction (see [`crate::compaction`]) when the topic is compacted and
+    /// the dirty part of the log is large enough: keeps the last record of each key, drops
+    /// expired tombstones, never moves an offset. It reads and rewrites batches outside the
+    /// partition's lock (appends and reads go on), stores the result in one atomic step, makes
+    /// it durable (`flush`), and only then changes what readers see.
+    pub fn compact(
+        &self,
+        config: &LogConfig,
+        now_ms: i64,
+        flush: &dyn Fn() -> Result<(), StorageError>,
+    ) -> Result<Option<Cleaned>, LogError> {
+        if !config.compact {
+            return Ok(None);
+        }
+        let _maintenance = self.maintenance.lock();
+        // What the pass covers: the checkpointed part, which is durable and committed.
+        let (entries, checkpoint, last_of_producer) = {
+            let s = self.state.lock();
+            let end = s.checkpoint.end_offset.min(s.high_watermark);
+            let to = s.index.partition_point(|b| b.base_offset < end);
+            let entries: Vec<BatchMeta> = s.index.range(..to).copied().collect();
+            let mut last: HashMap<i64, i64> = HashMap::new();
+            for b in s.index.iter().filter(|b| b.producer_id != NO_PRODUCER_ID) {
+                last.insert(b.producer_id, b.base_offset);
+            }
+            (entries, s.checkpoint, last)
+        };
+        let cleaned_from = checkpoint.cleaned_offset;
+        let dirty: u64 = entries
+            .iter()
+            .filter(|b| b.base_offset >= cleaned_from)
+            .map(|b| b.size)
+            .sum();
+        let total: u64 = entries.iter().map(|b| b.size).sum();
+        if !compaction::due(dirty, total, config.min_cleanable_dirty_ratio) {
+            return Ok(None);
+        }
+        // The latest offset of each key of the dirty part. A map that fills up ends the pass
+        // at the batch where it did: the rest is cleaned next time.
+        let mut map = KeyMap::default();
+        let mut dirty_end = checkpoint.end_offset;
+        for b in entries.iter().filter(|b| b.base_offset >= cleaned_from) {
+            let Some(batch) = self.stored_batch(b.base_offset)? else {
+                continue;
+            };
+            let mut full = false;
+            codec::retain_records(&batch, codec::MAX_UNCOMPRESSED_LEN, |r| {
+                if let Some(key) = r.key {
+                    full |= !map.note(key, r.offset);
+                }
+                true
+            })?;
+            if full {
+                dirty_end = b.base_offset;
+                break;
+            }
+        }
+        // Rewrite what is below the end of the map.
+        let mut cleaned = Cleaned {
+            cleaned_offset: dirty_end,
+            ..Cleaned::default()
+        };
+        let mut replace = Vec::new();
+        let mut remove = Vec::new();
+        let mut index_put = Vec::new();
+        let mut changed: HashMap<i64, Option<BatchMeta>> = HashMap::new();
+        for b in entries.iter().filter(|b| b.base_offset < dirty_end) {
+            let Some(batch) = self.stored_batch(b.base_offset)? else {
+                continue;
+            };
+            cleaned.bytes_before += batch.len() as u64;
+            let kept = codec::retain_records(&batch, codec::MAX_UNCOMPRESSED_LEN, |r| {
+                let candidate = Candidate {
+                    offset: r.offset,
+                    key: r.key,
+                    tombstone: r.tombstone,
+                    timestamp: r.timestamp,
+                };
+                compaction::keeps(&candidate, &map, now_ms, config.delete_retention_ms)
+            })?;
+            let Some(rewritten) = kept else {
+                cleaned.bytes_after += batch.len() as u64;
+                continue;
+            };
+            let h = codec::read_header(&rewritten)?;
+            let producers_last = b.producer_id != NO_PRODUCER_ID
+                && last_of_producer.get(&b.producer_id) == Some(&b.base_offset);
+            if h.records_count == 0 && !producers_last {
+                remove.push(b.base_offset);
+                changed.insert(b.base_offset, None);
+                cleaned.batches_removed += 1;
+            } else {
+                let meta = BatchMeta::of(&h, rewritten.len());
+                cleaned.bytes_after += rewritten.len() as u64;
+                index_put.push((b.base_offset, encode_entry(&meta).to_vec()));
+                replace.push((b.base_offset, rewritten));
+                changed.insert(b.base_offset, Some(meta));
+                cleaned.batches_rewritten += 1;
+            }
+        }
+        let next = Checkpoint {
+            cleaned_offset: dirty_end,
+            ..checkpoint
+        };
+        self.store
+            .rewrite(&replace, &remove, &index_put, &next.encode())?;
+        flush()?;
+        let mut s = self.state.lock();
+        let mut freed = 0u64;
+        s.index.retain_mut(|b| match changed.get(&b.base_offset) {
+            None => true,
+            Some(None) => {
+                freed += b.size;
+                false
+            }
+            Some(Some(meta)) => {
+                freed += b.size - meta.size;
+                *b = *meta;
+                true
+            }
+        });
+        s.size_bytes -= freed;
+        s.checkpoint = next;
+        Ok(Some(cleaned))
     }
 }
 
@@ -1128,6 +1305,15 @@ mod concurrent_store_tests {
         fn read_index(&self) -> Result<crate::storage::StoredIndex, StorageError> {
             self.inner.read_index()
         }
+        fn rewrite(
+            &self,
+            replace: &[(i64, Vec<u8>)],
+            remove: &[i64],
+            index_put: &[(i64, Vec<u8>)],
+            checkpoint: &[u8],
+        ) -> Result<(), StorageError> {
+            self.inner.rewrite(replace, remove, index_put, checkpoint)
+        }
         fn write_index(
             &self,
             put: &[(i64, Vec<u8>)],
@@ -1240,5 +1426,158 @@ mod concurrent_store_tests {
             raw.read(0, 6, usize::MAX).expect("read").is_empty(),
             "the batch below the log start is gone"
         );
+    }
+
+    /// A batch of (key, value) records; `None` values are tombstones.
+    fn keyed(records: &[(&str, Option<&str>)], ts: i64, producer: Option<(i64, i32)>) -> Bytes {
+        let mut b = BatchBuilder::new(Compression::Lz4, ts);
+        if let Some((producer_id, base_sequence)) = producer {
+            b = b.with_producer(ProducerInfo {
+                producer_id,
+                producer_epoch: 0,
+                base_sequence,
+            });
+        }
+        for (k, v) in records {
+            b.append(ts, Some(k.as_bytes()), v.map(str::as_bytes), &[]);
+        }
+        b.build().expect("build")
+    }
+
+    fn visible(log: &PartitionLog<impl BatchLog>) -> Vec<(i64, String, Option<String>)> {
+        let mut out = Vec::new();
+        for b in log
+            .read(log.summary().log_start_offset, usize::MAX)
+            .expect("read")
+            .batches
+        {
+            for r in codec::decode_batch(&b).expect("decode").1 {
+                let text =
+                    |v: &Option<Bytes>| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+                out.push((r.offset, text(&r.key).unwrap_or_default(), text(&r.value)));
+            }
+        }
+        out
+    }
+
+    fn compaction_over<S: Storage>(storage: &S) {
+        let cfg = LogConfig {
+            compact: true,
+            delete: false,
+            min_cleanable_dirty_ratio: 0.0,
+            delete_retention_ms: 1_000,
+            ..LogConfig::default()
+        };
+        let log =
+            PartitionLog::recover(storage.open_log("t", 0).expect("open"), 0, 0).expect("recover");
+        let ctx = AppendContext::at(0);
+        // Offsets: a=0 b=1 | a=2 c=3 | b=4 (tombstone) d=5 | c=6 — the last batch is producer 9's
+        // only batch, and the second one is the last batch of producer 8.
+        log.append(
+            &[keyed(&[("a", Some("a0")), ("b", Some("b0"))], 10_000, None)],
+            &cfg,
+            &ctx,
+        )
+        .expect("append");
+        log.append(
+            &[keyed(
+                &[("a", Some("a1")), ("c", Some("c0"))],
+                10_000,
+                Some((8, 0)),
+            )],
+            &cfg,
+            &ctx,
+        )
+        .expect("append");
+        log.append(
+            &[keyed(&[("b", None), ("d", Some("d0"))], 10_000, None)],
+            &cfg,
+            &ctx,
+        )
+        .expect("append");
+        log.append(
+            &[keyed(&[("a", Some("a2")), ("c", Some("c1"))], 10_000, None)],
+            &cfg,
+            &ctx,
+        )
+        .expect("append");
+        log.advance_high_watermark(log.log_end_offset());
+        // Nothing is cleaned beyond the checkpoint.
+        assert!(log
+            .compact(&cfg, 10_500, &|| Ok(()))
+            .expect("compact")
+            .is_none());
+        log.checkpoint().expect("checkpoint");
+        let pass = log
+            .compact(&cfg, 10_500, &|| Ok(()))
+            .expect("compact")
+            .expect("due");
+        assert_eq!(pass.cleaned_offset, 8);
+        assert_eq!(
+            visible(&log),
+            vec![
+                (4, "b".into(), None),
+                (5, "d".into(), Some("d0".into())),
+                (6, "a".into(), Some("a2".into())),
+                (7, "c".into(), Some("c1".into())),
+            ],
+            "the latest record of each key, the tombstone still within delete.retention.ms"
+        );
+        // The first batch went whole; producer 8's last batch stays, empty, for its sequence.
+        let s = log.summary();
+        assert_eq!(
+            (s.batch_count, s.log_end_offset, s.log_start_offset),
+            (3, 8, 0)
+        );
+        let again = log
+            .append(
+                &[keyed(&[("e", Some("e0"))], 10_000, Some((8, 0)))],
+                &cfg,
+                &ctx,
+            )
+            .expect("retry");
+        assert!(again.duplicate, "producer 8's state survived the cleaning");
+        // Past delete.retention.ms the tombstone goes too, and a restart sees the same log.
+        log.append(&[keyed(&[("d", Some("d1"))], 20_000, None)], &cfg, &ctx)
+            .expect("append");
+        log.advance_high_watermark(log.log_end_offset());
+        log.checkpoint().expect("checkpoint");
+        log.compact(&cfg, 20_000, &|| Ok(()))
+            .expect("compact")
+            .expect("due");
+        let after = visible(&log);
+        assert_eq!(
+            after.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![6, 7, 8],
+            "{after:?}"
+        );
+        let size = log.summary().size_bytes;
+        drop(log);
+        let log =
+            PartitionLog::recover(storage.open_log("t", 0).expect("open"), 0, 0).expect("recover");
+        assert_eq!(visible(&log), after);
+        assert_eq!(log.summary().size_bytes, size);
+        assert_eq!(log.summary().log_end_offset, 9);
+        // Records without a key are refused in a compacted topic.
+        let mut keyless = BatchBuilder::new(Compression::None, 0);
+        keyless.append(0, None, Some(b"v"), &[]);
+        let e = log
+            .append(&[keyless.build().expect("build")], &cfg, &ctx)
+            .expect_err("keyless");
+        assert!(
+            matches!(e, LogError::KeylessInCompactedTopic { keyless: 1 }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_the_last_record_per_key_on_memory() {
+        compaction_over(&MemoryStorage::default());
+    }
+
+    #[test]
+    fn compaction_keeps_the_last_record_per_key_on_sled() {
+        let dir = tempfile::tempdir().expect("dir");
+        compaction_over(&crate::storage::SledStorage::open(dir.path()).expect("open"));
     }
 }

@@ -85,6 +85,17 @@ impl<L: BatchLog> BatchLog for FaultyLog<L> {
         self.inner.read_index()
     }
 
+    fn rewrite(
+        &self,
+        replace: &[(i64, Vec<u8>)],
+        remove: &[i64],
+        index_put: &[(i64, Vec<u8>)],
+        checkpoint: &[u8],
+    ) -> Result<(), StorageError> {
+        self.faults.io(&self.faults.fail_puts, "rewrite")?;
+        self.inner.rewrite(replace, remove, index_put, checkpoint)
+    }
+
     fn write_index(
         &self,
         put: &[(i64, Vec<u8>)],

@@ -92,6 +92,28 @@ impl BatchLog for MemoryLog {
         ))
     }
 
+    fn rewrite(
+        &self,
+        replace: &[(i64, Vec<u8>)],
+        remove: &[i64],
+        index_put: &[(i64, Vec<u8>)],
+        checkpoint: &[u8],
+    ) -> Result<(), StorageError> {
+        let mut p = self.0.lock();
+        for (base, batch) in replace {
+            p.batches.insert(*base, Bytes::from(batch.clone()));
+        }
+        for base in remove {
+            p.batches.remove(base);
+            p.index.remove(base);
+        }
+        for (base, entry) in index_put {
+            p.index.insert(*base, entry.clone());
+        }
+        p.checkpoint = Some(checkpoint.to_vec());
+        Ok(())
+    }
+
     fn write_index(
         &self,
         put: &[(i64, Vec<u8>)],

@@ -62,6 +62,16 @@ pub trait BatchLog: Send + Sync + 'static {
     fn remove(&self, base_offset: i64) -> Result<(), StorageError>;
     /// The stored index.
     fn read_index(&self) -> Result<StoredIndex, StorageError>;
+    /// A cleaning pass's result in one atomic step: replaces the batches of `replace`, removes
+    /// those of `remove` with their index entries, adds (or replaces) the index entries of
+    /// `index_put`, and sets the checkpoint record.
+    fn rewrite(
+        &self,
+        replace: &[(i64, Vec<u8>)],
+        remove: &[i64],
+        index_put: &[(i64, Vec<u8>)],
+        checkpoint: &[u8],
+    ) -> Result<(), StorageError>;
     /// Changes the index in one atomic step: adds (or replaces) `put`, removes `remove`, and
     /// sets the checkpoint record.
     fn write_index(
@@ -165,6 +175,16 @@ pub(crate) mod contract {
             log.read_index().expect("index"),
             (Some(b"c2".to_vec()), vec![(20, vec![2]), (30, vec![3])])
         );
+        // A rewrite replaces and removes batches with their index entries, atomically.
+        log.rewrite(&[(20, batch(20, 50))], &[30], &[(20, vec![7])], b"c3")
+            .expect("rewrite");
+        assert_eq!(
+            log.read_index().expect("index"),
+            (Some(b"c3".to_vec()), vec![(20, vec![7])])
+        );
+        assert_eq!(scan(&log), vec![(10, batch(10, 100)), (20, batch(20, 50))]);
+        log.put(30, S::Log::buffer(&batch(30, 100)))
+            .expect("put back");
         // Logs are independent and listed.
         let other = storage.open_log("orders", 1).expect("open");
         other.put(0, S::Log::buffer(&batch(0, 10))).expect("put");

@@ -135,6 +135,38 @@ impl BatchLog for SledLog {
         Ok((checkpoint, entries))
     }
 
+    fn rewrite(
+        &self,
+        replace: &[(i64, Vec<u8>)],
+        remove: &[i64],
+        index_put: &[(i64, Vec<u8>)],
+        checkpoint: &[u8],
+    ) -> Result<(), StorageError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        (&self.batches, &self.index)
+            .transaction(|(batches, index)| {
+                for (base, batch) in replace {
+                    batches.insert(&key(*base), batch.as_slice())?;
+                }
+                for base in remove {
+                    batches.remove(&key(*base))?;
+                    index.remove(&key(*base))?;
+                }
+                for (base, entry) in index_put {
+                    index.insert(&key(*base), entry.as_slice())?;
+                }
+                index.insert(CHECKPOINT_KEY, checkpoint)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StorageError::Sled(e),
+                TransactionError::Abort(()) => {
+                    StorageError::Corrupt("a cleaning pass's rewrite was aborted".into())
+                }
+            })
+    }
+
     fn write_index(
         &self,
         put: &[(i64, Vec<u8>)],

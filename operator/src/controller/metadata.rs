@@ -60,9 +60,12 @@ pub fn wire_config(config: &TopicConfig) -> pb::TopicConfig {
             match p {
                 CleanupPolicy::Delete => "delete",
                 CleanupPolicy::Compact => "compact",
+                CleanupPolicy::CompactDelete => "compact,delete",
             }
             .to_string()
         }),
+        delete_retention_ms: config.delete_retention_ms,
+        min_cleanable_dirty_ratio: config.min_cleanable_dirty_ratio,
         min_insync_replicas: config.min_insync_replicas,
         max_message_bytes: config.max_message_bytes,
         message_timestamp_type: config.message_timestamp_type.map(|t| {
