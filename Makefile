@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release run test fmt bench tools e2e-tools crds clean cluster cluster-down images
+.PHONY: all build release run test fmt bench tools e2e-tools python-tools crds clean cluster cluster-down images
 
 all: build
 
@@ -17,6 +17,11 @@ tools:
 e2e-tools:
 	@scripts/check-tools.sh --test
 	e2e/cluster/runnel-cluster prepare
+
+## The Python test client's venv (stock grpcio, pinned in tests/python/requirements.txt) in
+## ${RUNNEL_HOME:-~/.cache/runnel}/python: about 8 s cold, silent when up to date.
+python-tools:
+	@scripts/python-tools.sh
 
 ## Runnel's container images without Docker: OCI archives of runnel-broker and runnel-operator
 ## made with umoci from the release binaries (target/images/*.tar), imported into the local
@@ -45,7 +50,7 @@ run: release
 	@scripts/run.sh
 
 ## Every test: formatting, lints, unit/property tests, integration tests with real processes.
-test: tools e2e-tools
+test: tools e2e-tools python-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
