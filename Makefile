@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release run test fmt bench tools e2e-tools python-tools crds clean cluster cluster-down images
+.PHONY: all build release run test fmt fuzz bench tools e2e-tools python-tools crds clean cluster cluster-down images
 
 all: build
 
@@ -57,6 +57,13 @@ test: tools e2e-tools python-tools
 	$(CARGO) test --workspace --no-fail-fast --exclude runnel-integration
 	@# Real broker processes; --nocapture shows what the kill -9 test counted.
 	$(CARGO) test -p runnel-integration --no-fail-fast -- --nocapture
+	@# Every fuzz target for 60 s on the nightly toolchain (installed when missing).
+	scripts/fuzz.sh 60
+
+## Every fuzz target for FUZZ_SECONDS (default 600) each; what they find goes into fuzz/corpus/.
+FUZZ_SECONDS ?= 600
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS) --keep
 
 fmt:
 	$(CARGO) fmt --all

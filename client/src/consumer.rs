@@ -457,36 +457,73 @@ impl Consumer {
     }
 }
 
-/// Decodes fetched batches into records at or after `from`; also returns the offset after the
-/// last batch.
+/// Fetched batches decoded.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    /// The records at or after the offset asked for, up to the first batch that could not be
+    /// decoded.
+    pub(crate) records: Vec<ConsumerRecord>,
+    /// The offset after the last batch decoded.
+    pub(crate) next: Option<i64>,
+    /// A batch that could not be decoded, named by its offset: the records before it are in
+    /// `records`, and the reader stops there.
+    pub(crate) error: Option<(i64, Error)>,
+}
+
+/// Decodes fetched batches into records at or after `from`, up to the first batch that cannot
+/// be decoded.
 pub(crate) fn decode_records(
     topic: &Arc<str>,
     partition: i32,
     batches: &Bytes,
     from: i64,
-) -> Result<(Vec<ConsumerRecord>, Option<i64>)> {
-    let mut out = Vec::new();
-    let mut next = None;
+) -> Decoded {
+    let mut out = Decoded {
+        records: Vec::new(),
+        next: None,
+        error: None,
+    };
     for batch in split_batches(batches) {
-        let batch = batch.map_err(|source| Error::Codec {
-            context: format!("fetch from `{topic}`/{partition} at offset {from}"),
+        let at = out.next.unwrap_or(from);
+        let fail = |source| Error::Codec {
+            context: format!(
+                "`{topic}`/{partition}: the stored batch at offset {at} cannot be read"
+            ),
             source,
-        })?;
-        let batch = batches.slice_ref(batch);
-        let (header, records) = decode_batch_bytes(&batch).map_err(|source| Error::Codec {
-            context: format!("fetch from `{topic}`/{partition} at offset {from}"),
-            source,
-        })?;
-        next = Some(header.next_offset());
+        };
+        let batch = match batch {
+            Ok(b) => batches.slice_ref(b),
+            Err(e) => {
+                out.error = Some((at, fail(e)));
+                return out;
+            }
+        };
+        let (header, records) = match decode_batch_bytes(&batch) {
+            Ok(d) => d,
+            Err(e) => {
+                let at = runnel_codec::read_header(&batch).map_or(at, |h| h.base_offset.max(at));
+                out.error = Some((
+                    at,
+                    Error::Codec {
+                        context: format!(
+                            "`{topic}`/{partition}: the stored batch at offset {at} cannot be read"
+                        ),
+                        source: e,
+                    },
+                ));
+                return out;
+            }
+        };
+        out.next = Some(header.next_offset());
         if header.is_control() {
             continue;
         }
-        out.reserve(records.len());
+        out.records.reserve(records.len());
         for r in records {
             if r.offset < from {
                 continue;
             }
-            out.push(ConsumerRecord {
+            out.records.push(ConsumerRecord {
                 topic: topic.clone(),
                 partition,
                 offset: r.offset,
@@ -497,7 +534,7 @@ pub(crate) fn decode_records(
             });
         }
     }
-    Ok((out, next))
+    out
 }
 
 fn retriable_fetch_code(code: tonic::Code) -> bool {
@@ -574,14 +611,25 @@ async fn fetch_loop(
             Ok(resp) => {
                 failures = 0;
                 let resp = resp.into_inner();
-                let (records, after) =
-                    match decode_records(&topic, partition, &resp.batches, offset) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = tx.send(send(Err(e))).await;
+                let decoded = decode_records(&topic, partition, &resp.batches, offset);
+                let records = decoded.records;
+                if let Some((at, e)) = decoded.error {
+                    // What came before the bad batch is delivered, then the reader stops there.
+                    if !records.is_empty() {
+                        let data = FetchedData {
+                            records,
+                            next_offset: at,
+                            reset_to: None,
+                            high_watermark: resp.high_watermark,
+                        };
+                        if tx.send(send(Ok(data))).await.is_err() {
                             return;
                         }
-                    };
+                    }
+                    let _ = tx.send(send(Err(e))).await;
+                    return;
+                }
+                let after = decoded.next;
                 let next = if resp.next_offset > offset {
                     resp.next_offset
                 } else {
@@ -708,25 +756,37 @@ mod tests {
         buf.extend(batch(13, &["d", "e"], Compression::Lz4));
         let buf = Bytes::from(buf);
         let topic: Arc<str> = Arc::from("t");
-        let (records, next) = decode_records(&topic, 0, &buf, 12).expect("decode");
+        let d = decode_records(&topic, 0, &buf, 12);
+        assert!(d.error.is_none());
+        let (records, next) = (d.records, d.next);
         let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, vec![12, 13, 14]);
         assert_eq!(records[0].value.as_deref(), Some(&b"c"[..]));
         assert_eq!(records[2].value.as_deref(), Some(&b"e"[..]));
         assert_eq!(records[0].timestamp, 1002);
         assert_eq!(next, Some(15));
-        let (none, next) = decode_records(&topic, 0, &Bytes::new(), 0).expect("empty");
-        assert!(none.is_empty());
-        assert_eq!(next, None);
+        let d = decode_records(&topic, 0, &Bytes::new(), 0);
+        assert!(d.records.is_empty() && d.error.is_none());
+        assert_eq!(d.next, None);
     }
 
     #[test]
     fn decode_reports_corrupt_data_with_context() {
-        let mut buf = batch(0, &["a"], Compression::None);
-        let last = buf.len() - 1;
-        buf[last] ^= 0xff;
-        let e = decode_records(&Arc::from("t"), 3, &Bytes::from(buf), 0).expect_err("crc");
+        // Two good batches, then one whose CRC is wrong: the records before it are delivered,
+        // and the error names its offset.
+        let mut buf = batch(0, &["a", "b"], Compression::None);
+        buf.extend(batch(2, &["c"], Compression::Lz4));
+        let mut bad = batch(3, &["d"], Compression::None);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        buf.extend(bad);
+        let d = decode_records(&Arc::from("t"), 3, &Bytes::from(buf), 1);
+        let offsets: Vec<i64> = d.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![1, 2]);
+        let (at, e) = d.error.expect("corrupt");
+        assert_eq!(at, 3);
         assert!(e.to_string().contains("`t`/3"), "{e}");
+        assert!(e.to_string().contains("offset 3"), "{e}");
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! last one, and a small record with the offset it covers up to and the log start offset.
 //! Recovery reads the index entries below that offset, then reads only the batches stored
 //! after it (the tail), so its time and memory grow with the data written since the last
-//! checkpoint, not with the log's size. Producer state is rebuilt from the index entries, which
-//! carry each batch's producer id, epoch and sequence.
+//! checkpoint, not with the log's size. The checkpoint also holds a snapshot of the idempotent
+//! producers' state at its offset, which the tail's batches bring up to date.
 
 use runnel_codec::BatchHeader;
 
@@ -50,25 +50,6 @@ impl BatchMeta {
     /// The offset after the batch.
     pub fn next_offset(&self) -> i64 {
         self.last_offset + 1
-    }
-
-    /// The batch header fields the producer state is rebuilt from.
-    pub(crate) fn producer_header(&self) -> BatchHeader {
-        BatchHeader {
-            base_offset: self.base_offset,
-            batch_length: 0,
-            partition_leader_epoch: 0,
-            magic: runnel_codec::MAGIC,
-            crc: 0,
-            attributes: 0,
-            last_offset_delta: (self.last_offset - self.base_offset) as i32,
-            base_timestamp: self.max_timestamp,
-            max_timestamp: self.max_timestamp,
-            producer_id: self.producer_id,
-            producer_epoch: self.producer_epoch,
-            base_sequence: self.base_sequence,
-            records_count: self.records_count,
-        }
     }
 }
 
@@ -133,7 +114,7 @@ pub fn decode_entry(base_offset: i64, b: &[u8]) -> Result<BatchMeta, IndexCorrup
 }
 
 /// The checkpoint record of a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checkpoint {
     /// Every stored batch below this offset has its entry in the index; recovery reads the
     /// batches from here on.
@@ -144,23 +125,26 @@ pub struct Checkpoint {
     /// Compaction has cleaned the log below this offset: what is above it, up to `end_offset`,
     /// is its dirty part.
     pub cleaned_offset: i64,
+    /// The idempotent producers' state at `end_offset`, encoded by the log.
+    pub producers: Vec<u8>,
 }
 
 impl Checkpoint {
     /// Its stored form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(25);
+        let mut v = Vec::with_capacity(25 + self.producers.len());
         v.push(CHECKPOINT_VERSION);
         v.extend_from_slice(&self.end_offset.to_be_bytes());
         v.extend_from_slice(&self.log_start_offset.to_be_bytes());
         v.extend_from_slice(&self.cleaned_offset.to_be_bytes());
+        v.extend_from_slice(&self.producers);
         v
     }
 
     /// Reads a stored checkpoint.
     pub fn decode(b: &[u8]) -> Result<Self, IndexCorrupt> {
         match b {
-            [CHECKPOINT_VERSION, rest @ ..] if rest.len() == 24 => {
+            [CHECKPOINT_VERSION, rest @ ..] if rest.len() >= 24 => {
                 let at = |i: usize| {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(&rest[i..i + 8]);
@@ -170,6 +154,7 @@ impl Checkpoint {
                     end_offset: at(0),
                     log_start_offset: at(8),
                     cleaned_offset: at(16),
+                    producers: rest[24..].to_vec(),
                 })
             }
             _ => Err(IndexCorrupt(format!(
@@ -212,7 +197,7 @@ mod tests {
                 records_count: count,
             };
             prop_assert_eq!(decode_entry(base, &encode_entry(&m)), Ok(m));
-            let c = Checkpoint { end_offset: end, log_start_offset: start, cleaned_offset: cleaned };
+            let c = Checkpoint { end_offset: end, log_start_offset: start, cleaned_offset: cleaned, producers: vec![1, 2, 3] };
             prop_assert_eq!(Checkpoint::decode(&c.encode()), Ok(c));
         }
     }
@@ -221,6 +206,7 @@ mod tests {
     fn damaged_records_are_refused() {
         assert!(decode_entry(0, &[0; 5]).is_err());
         assert!(Checkpoint::decode(&[9; 25]).is_err());
+        assert!(Checkpoint::decode(&[1; 20]).is_err());
         assert!(Checkpoint::decode(&[]).is_err());
     }
 }

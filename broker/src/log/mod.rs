@@ -9,6 +9,8 @@
 
 mod checks;
 pub mod index;
+#[cfg(test)]
+mod model_tests;
 mod producer;
 
 use crate::compaction::{self, Candidate, KeyMap};
@@ -300,12 +302,15 @@ impl<L: BatchLog> PartitionLog<L> {
                 end_offset: 0,
                 log_start_offset: legacy_log_start,
                 cleaned_offset: 0,
+                producers: Vec::new(),
             },
         };
         let log_start_floor = checkpoint.log_start_offset;
         let mut index: VecDeque<BatchMeta> = VecDeque::with_capacity(entries.len());
         let mut size_bytes = 0u64;
-        let mut producers = Producers::default();
+        let mut producers = Producers::restore(&checkpoint.producers).map_err(|e| {
+            StorageError::Corrupt(format!("producer snapshot of the checkpoint: {e}"))
+        })?;
         let mut stale_entries = Vec::new();
         for (base, entry) in entries {
             if base < log_start_floor || base >= checkpoint.end_offset {
@@ -314,9 +319,6 @@ impl<L: BatchLog> PartitionLog<L> {
             }
             let meta = decode_entry(base, &entry).map_err(corrupt)?;
             size_bytes += meta.size;
-            if meta.producer_id != NO_PRODUCER_ID {
-                producers.record(&meta.producer_header(), base, now_ms);
-            }
             index.push_back(meta);
         }
         // Batches that retention was deleting when the broker stopped.
@@ -434,16 +436,18 @@ impl<L: BatchLog> PartitionLog<L> {
                 .collect();
             let next = Checkpoint {
                 end_offset: end,
-                ..s.checkpoint
+                producers: s.producers.snapshot_below(end),
+                ..s.checkpoint.clone()
             };
             (entries, next)
         };
         self.store.write_index(&entries, &[], &next.encode())?;
         let mut s = self.state.lock();
+        let end = next.end_offset;
+        let from = s.index.partition_point(|b| b.base_offset < end);
         s.checkpoint = next;
-        let from = s.index.partition_point(|b| b.base_offset < next.end_offset);
         s.unchecked_bytes = s.index.range(from..).map(|b| b.size).sum();
-        Ok(Some(next.end_offset))
+        Ok(Some(end))
     }
 
     /// Validates and appends the batches of one produce request, all or none:
@@ -746,10 +750,19 @@ impl<L: BatchLog> PartitionLog<L> {
                 .index
                 .get(cut)
                 .map_or_else(|| s.index[cut - 1].next_offset(), |b| b.base_offset);
+            let end_offset = s.checkpoint.end_offset.max(log_start_offset);
+            // Past the old checkpoint, the snapshot must cover the deleted batches' producers:
+            // their state outlives their batches (until it expires).
+            let producers = if end_offset > s.checkpoint.end_offset {
+                s.producers.snapshot_below(end_offset)
+            } else {
+                s.checkpoint.producers.clone()
+            };
             let next = Checkpoint {
-                end_offset: s.checkpoint.end_offset.max(log_start_offset),
+                end_offset,
                 log_start_offset,
                 cleaned_offset: s.checkpoint.cleaned_offset.max(log_start_offset),
+                producers,
             };
             let cut: Vec<BatchMeta> = s.index.iter().take(cut).copied().collect();
             (cut, next)
@@ -775,7 +788,7 @@ impl<L: BatchLog> PartitionLog<L> {
                     .sum(),
             );
             s.log_start_offset = next.log_start_offset;
-            s.checkpoint = next;
+            s.checkpoint = next.clone();
         }
         for b in &cut {
             self.store.remove(b.base_offset)?;
@@ -817,7 +830,7 @@ impl<L: BatchLog> PartitionLog<L> {
             for b in s.index.iter().filter(|b| b.producer_id != NO_PRODUCER_ID) {
                 last.insert(b.producer_id, b.base_offset);
             }
-            (entries, s.checkpoint, last)
+            (entries, s.checkpoint.clone(), last)
         };
         let cleaned_from = checkpoint.cleaned_offset;
         let dirty: u64 = entries

@@ -132,6 +132,82 @@ impl Producers {
     pub(crate) fn len(&self) -> usize {
         self.by_id.len()
     }
+
+    /// The state as it stood at offset `end`, encoded for a checkpoint: every producer's epoch,
+    /// expiry clock and the window of its batches below `end`. (Batches a window had already
+    /// dropped for later ones are not brought back: the state after replaying the batches from
+    /// `end` on is the state of now.)
+    pub(crate) fn snapshot_below(&self, end: i64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + self.by_id.len() * 40);
+        out.extend_from_slice(&(self.by_id.len() as u32).to_be_bytes());
+        for (pid, p) in &self.by_id {
+            let window: Vec<&SequenceRange> =
+                p.recent.iter().filter(|r| r.base_offset < end).collect();
+            out.extend_from_slice(&pid.to_be_bytes());
+            out.extend_from_slice(&p.epoch.to_be_bytes());
+            out.extend_from_slice(&p.last_append_ms.to_be_bytes());
+            out.extend_from_slice(&(window.len() as u16).to_be_bytes());
+            for r in window {
+                out.extend_from_slice(&r.first_seq.to_be_bytes());
+                out.extend_from_slice(&r.last_seq.to_be_bytes());
+                out.extend_from_slice(&r.base_offset.to_be_bytes());
+                out.extend_from_slice(&r.last_offset.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    /// The state a checkpoint's snapshot holds.
+    pub(crate) fn restore(mut b: &[u8]) -> Result<Self, String> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+            if b.len() < n {
+                return Err(format!(
+                    "producer snapshot ends {} bytes early",
+                    n - b.len()
+                ));
+            }
+            let (head, tail) = b.split_at(n);
+            *b = tail;
+            Ok(head)
+        }
+        fn int<const N: usize>(b: &mut &[u8]) -> Result<[u8; N], String> {
+            let mut a = [0u8; N];
+            a.copy_from_slice(take(b, N)?);
+            Ok(a)
+        }
+        let mut producers = Producers::default();
+        if b.is_empty() {
+            return Ok(producers);
+        }
+        let count = u32::from_be_bytes(int(&mut b)?);
+        for _ in 0..count {
+            let pid = i64::from_be_bytes(int(&mut b)?);
+            let epoch = i16::from_be_bytes(int(&mut b)?);
+            let last_append_ms = i64::from_be_bytes(int(&mut b)?);
+            let n = u16::from_be_bytes(int(&mut b)?);
+            let mut recent = VecDeque::with_capacity(usize::from(n));
+            for _ in 0..n {
+                recent.push_back(SequenceRange {
+                    first_seq: i32::from_be_bytes(int(&mut b)?),
+                    last_seq: i32::from_be_bytes(int(&mut b)?),
+                    base_offset: i64::from_be_bytes(int(&mut b)?),
+                    last_offset: i64::from_be_bytes(int(&mut b)?),
+                });
+            }
+            producers.by_id.insert(
+                pid,
+                ProducerState {
+                    epoch,
+                    recent,
+                    last_append_ms,
+                },
+            );
+        }
+        if !b.is_empty() {
+            return Err(format!("{} bytes after the producer snapshot", b.len()));
+        }
+        Ok(producers)
+    }
 }
 
 /// Kafka's sequence rules for one batch of a producer whose state before it is `before`.
@@ -223,6 +299,28 @@ mod tests {
             .check_all(&[header(1, 0, 2, 3), header(1, 0, 5, 1)])
             .expect("in sequence");
         assert_eq!(ok, vec![Some(SequenceCheck::Append); 2]);
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_state_below_its_offset() {
+        let mut p = Producers::default();
+        p.record(&header(1, 0, 0, 2), 0, 5);
+        p.record(&header(1, 0, 2, 1), 2, 6);
+        p.record(&header(2, 3, 0, 1), 3, 7);
+        let all = Producers::restore(&p.snapshot_below(i64::MAX)).expect("restore");
+        assert_eq!(all, p);
+        // Below offset 2: producer 1 has only its first batch; replaying the rest gives it back.
+        let mut below = Producers::restore(&p.snapshot_below(2)).expect("restore");
+        assert_eq!(below.by_id[&1].recent.len(), 1);
+        assert_eq!(below.by_id[&2].recent.len(), 0);
+        below.record(&header(1, 0, 2, 1), 2, 6);
+        below.record(&header(2, 3, 0, 1), 3, 7);
+        assert_eq!(below, p);
+        assert!(Producers::restore(&[0, 0, 0, 1, 9]).is_err());
+        assert_eq!(
+            Producers::restore(&[]).expect("empty"),
+            Producers::default()
+        );
     }
 
     #[test]
