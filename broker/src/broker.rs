@@ -7,6 +7,7 @@ use crate::error::BrokerError;
 use crate::log::{AppendContext, AppendOutcome, LogConfig, LogError, PartitionLog, ReadOutcome};
 use crate::metadata::{self, find_topic};
 use crate::metrics::Metrics;
+use crate::producer_ids::{Next, ProducerIds};
 use crate::storage::Storage;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -19,8 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
 
 const META_CLUSTER: &str = "cluster_metadata";
+/// The watermark of the producer ids handed out (see [`crate::producer_ids`]).
 const META_PRODUCER_ID_LIMIT: &str = "producer_id_limit";
-const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// The settings of one broker that its requests depend on.
 #[derive(Debug, Clone)]
@@ -78,7 +79,7 @@ pub struct Broker<S: Storage> {
     group_commit: Arc<GroupCommit<S>>,
     health: Arc<StorageHealth>,
     appenders: Appenders,
-    next_producer_id: Mutex<(i64, i64)>,
+    producer_ids: Mutex<ProducerIds>,
     shutdown: watch::Sender<bool>,
     metrics: Arc<Metrics>,
     applied_epoch: AtomicI64,
@@ -139,8 +140,12 @@ impl<S: Storage> Broker<S> {
             group_commit,
             health,
             appenders: Appenders::start(settings.append_threads),
-            // Ids already handed out may have been used: start after the persisted limit.
-            next_producer_id: Mutex::new((limit, limit)),
+            // Ids already handed out may have been used: start after the persisted watermark.
+            producer_ids: Mutex::new(if settings.standalone {
+                ProducerIds::standalone(limit)
+            } else {
+                ProducerIds::in_cluster(limit)
+            }),
             shutdown,
             metrics,
             applied_epoch: AtomicI64::new(cluster.epoch),
@@ -252,6 +257,15 @@ impl<S: Storage> Broker<S> {
             })
             .collect();
         self.applied_epoch.store(cluster.epoch, Ordering::SeqCst);
+        let me = self.settings.broker_id;
+        let block = cluster
+            .producer_id_blocks
+            .iter()
+            .find(|b| b.broker_id == me)
+            .map(|b| (b.first_id, b.count));
+        self.producer_ids
+            .lock()
+            .set_block(block, cluster.producer_id_end);
         *self.metadata.write() = Arc::new(MetadataView {
             cluster,
             log_configs,
@@ -506,28 +520,43 @@ impl<S: Storage> Broker<S> {
                 return Ok((id, epoch + 1));
             }
         }
-        let mut ids = self.next_producer_id.lock();
-        if ids.0 >= ids.1 {
-            let limit = ids.0 + PRODUCER_ID_BLOCK;
-            self.storage
-                .put_meta(META_PRODUCER_ID_LIMIT, &limit.to_be_bytes())?;
-            self.storage.flush()?;
-            ids.1 = limit;
+        let mut ids = self.producer_ids.lock();
+        match ids.next() {
+            Next::Exhausted { first, end } => Err(BrokerError::ProducerIdsExhausted { first, end }),
+            Next::Id { id, persist } => {
+                if let Some(watermark) = persist {
+                    self.storage
+                        .put_meta(META_PRODUCER_ID_LIMIT, &watermark.to_be_bytes())?;
+                    self.storage.flush()?;
+                }
+                ids.issued(id, persist);
+                Ok((id, 0))
+            }
         }
-        let id = ids.0;
-        ids.0 += 1;
-        Ok((id, 0))
     }
 
-    /// Producer ids below this may have been issued; batches with others are refused. Only a
-    /// standalone broker knows: in a cluster every broker still counts its own ids until the
-    /// controller hands out blocks, so there any id is taken.
+    /// Producer ids below this may have been issued in the cluster; batches with others are
+    /// refused.
     pub fn producer_id_end(&self) -> i64 {
-        if self.settings.standalone {
-            self.next_producer_id.lock().1
-        } else {
-            i64::MAX
-        }
+        self.producer_ids.lock().cluster_end()
+    }
+
+    /// The block of producer ids the controller handed this broker, and how many are left.
+    pub fn producer_id_block(&self) -> Option<(runnel_proto::v1::ProducerIdBlock, i64)> {
+        let me = self.settings.broker_id;
+        self.producer_ids
+            .lock()
+            .block()
+            .map(|((first_id, count), left)| {
+                (
+                    runnel_proto::v1::ProducerIdBlock {
+                        broker_id: me,
+                        first_id,
+                        count,
+                    },
+                    left,
+                )
+            })
     }
 
     /// Standalone: creates a topic whose partitions this broker leads.

@@ -122,6 +122,14 @@ pub enum BrokerError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The block of producer ids the controller handed this broker is used up (or none came yet).
+    #[error("this broker has handed out every producer id of its block ({first} to {end}, exclusive) or has none yet; the controller hands it the next within a status interval: retry")]
+    ProducerIdsExhausted {
+        /// The block's first id.
+        first: i64,
+        /// Its end.
+        end: i64,
+    },
     /// Storage failed outside a partition log.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -147,7 +155,9 @@ impl BrokerError {
             BrokerError::DurabilityTimeout { .. } => Code::DeadlineExceeded,
             BrokerError::CorruptBatch { .. } => Code::DataLoss,
             BrokerError::Storage(_) | BrokerError::AppendAborted { .. } => Code::Internal,
-            BrokerError::ShuttingDown => Code::Unavailable,
+            BrokerError::ShuttingDown | BrokerError::ProducerIdsExhausted { .. } => {
+                Code::Unavailable
+            }
         }
     }
 

@@ -14,6 +14,7 @@ pub mod error;
 pub mod log;
 pub mod metadata;
 pub mod metrics;
+pub mod producer_ids;
 pub mod records;
 pub mod retention;
 pub mod server;

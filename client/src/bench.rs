@@ -54,6 +54,9 @@ pub struct ProduceBench {
     pub rate: Option<u64>,
     /// Also measure end-to-end latency with an in-process consumer.
     pub e2e: bool,
+    /// Keys to cycle through (`key-0` … `key-{keys-1}`), as a compacted topic needs; 0 sends
+    /// records without a key.
+    pub keys: u64,
 }
 
 impl Default for ProduceBench {
@@ -73,6 +76,7 @@ impl Default for ProduceBench {
             idempotent: p.idempotent,
             rate: None,
             e2e: false,
+            keys: 0,
         }
     }
 }
@@ -323,6 +327,9 @@ pub async fn run_produce(cfg: &ProduceBench) -> Result<ProduceReport> {
         let value = value.clone();
         let topic = topic.clone();
         let e2e = cfg.e2e;
+        let keys: Vec<Bytes> = (0..cfg.keys)
+            .map(|k| Bytes::from(format!("key-{k}")))
+            .collect();
         tasks.push(tokio::spawn(async move {
             let mut buf = BytesMut::new();
             for sent in 0..n {
@@ -344,7 +351,11 @@ pub async fn run_produce(cfg: &ProduceBench) -> Result<ProduceReport> {
                 } else {
                     value.clone()
                 };
-                producer.send(ProducerRecord::new(topic.clone(), v)).await?;
+                let mut record = ProducerRecord::new(topic.clone(), v);
+                if !keys.is_empty() {
+                    record = record.key(keys[(sent % keys.len() as u64) as usize].clone());
+                }
+                producer.send(record).await?;
             }
             producer.flush().await;
             let (failed, error) = producer.delivery_failures();

@@ -429,6 +429,51 @@ spec:
         Ok(status_matches_brokers(status, &described))
     })?;
 
+    // Producer ids: the operator hands every broker a block of its own (recorded in the
+    // Cluster's status first), and each broker's InitProducerId answers from its block.
+    let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
+    let blocks = cluster["status"]["producerIdBlocks"]
+        .as_array()
+        .context("status.producerIdBlocks")?
+        .clone();
+    ensure!(blocks.len() == BROKERS, "one block per broker: {blocks:?}");
+    let end = cluster["status"]["producerIdBlockEnd"]
+        .as_i64()
+        .context("status.producerIdBlockEnd")?;
+    let mut ranges = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let block = blocks
+            .iter()
+            .find(|b| b["brokerId"] == i as i64)
+            .with_context(|| format!("a block for broker {i}: {blocks:?}"))?;
+        let (first, count) = (
+            block["firstId"].as_i64().context("firstId")?,
+            block["count"].as_i64().context("count")?,
+        );
+        ensure!(first + count <= end, "block {block} beyond the end {end}");
+        let id = rt.block_on(async {
+            let mut client = runnel_proto::v1::broker_client::BrokerClient::connect(format!(
+                "http://{}",
+                pod.address()
+            ))
+            .await?;
+            let r = client
+                .init_producer_id(runnel_proto::v1::InitProducerIdRequest::default())
+                .await?;
+            anyhow::Ok(r.into_inner().producer_id)
+        })?;
+        ensure!(
+            (first..first + count).contains(&id),
+            "broker {i} handed out producer id {id}, outside its block {first}+{count}"
+        );
+        ranges.push((first, first + count));
+    }
+    ranges.sort_unstable();
+    ensure!(
+        ranges.windows(2).all(|w| w[0].1 <= w[1].0),
+        "the blocks overlap: {ranges:?}"
+    );
+
     // Data deleted behind the operator's back: the operator sends the metadata again and the
     // leader holds the partition again.
     let p0 = &described["partitions"][0];

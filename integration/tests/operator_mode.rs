@@ -6,8 +6,9 @@ use runnel_integration::Broker;
 use runnel_proto::v1::admin_client::AdminClient;
 use runnel_proto::v1::broker_client::BrokerClient;
 use runnel_proto::v1::{
-    Acks, ApplyMetadataRequest, BrokerInfo, ClusterMetadata, CreateTopicRequest, MetadataRequest,
-    PartitionMetadata, ProduceRequest, Record, TopicMetadata,
+    Acks, ApplyMetadataRequest, BrokerInfo, ClusterMetadata, CreateTopicRequest,
+    DescribePartitionsRequest, InitProducerIdRequest, MetadataRequest, PartitionMetadata,
+    ProduceRequest, ProducerIdBlock, Record, TopicMetadata,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -28,6 +29,7 @@ fn metadata(epoch: i64, me: &str, topics: Vec<TopicMetadata>) -> ClusterMetadata
             },
         ],
         topics,
+        ..Default::default()
     }
 }
 
@@ -162,5 +164,113 @@ async fn operator_mode_serves_only_applied_metadata_newest_epoch_wins_and_persis
         .await
         .expect_err("topic gone");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    Ok(())
+}
+
+async fn init_producer_id(client: &mut BrokerClient<Channel>) -> Result<i64, tonic::Status> {
+    client
+        .init_producer_id(InitProducerIdRequest::default())
+        .await
+        .map(|r| r.into_inner().producer_id)
+}
+
+/// Producer ids in a cluster come from blocks the controller hands each broker (Kafka's KIP-730):
+/// two brokers never hand out the same id, a used-up block is refused until the next arrives, a
+/// restart never hands out an id twice, and a batch with an id beyond every block is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_ids_come_from_the_controllers_blocks() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut b0 = Broker::start_as_pod(&dir.path().join("b0"), "events-broker-0")?;
+    let b1 = Broker::start_as_pod(&dir.path().join("b1"), "events-broker-1")?;
+    let blocks = |b0: (i64, i64), b1: (i64, i64), end| {
+        let mut md = metadata(1, &b1_address(), vec![orders()]);
+        md.producer_id_blocks = vec![
+            ProducerIdBlock {
+                broker_id: 0,
+                first_id: b0.0,
+                count: b0.1,
+            },
+            ProducerIdBlock {
+                broker_id: 1,
+                first_id: b1.0,
+                count: b1.1,
+            },
+        ];
+        md.producer_id_end = end;
+        md
+    };
+    fn b1_address() -> String {
+        "198.18.0.3:9092".into()
+    }
+    let mut c0 = BrokerClient::connect(b0.endpoint()).await?;
+    let mut c1 = BrokerClient::connect(b1.endpoint()).await?;
+    // Before the controller's metadata, no ids.
+    let e = init_producer_id(&mut c0).await.expect_err("no block yet");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    let mut md = blocks((0, 3), (3, 1000), 1003);
+    for b in [&b0, &b1] {
+        let mut admin = AdminClient::connect(b.endpoint()).await?;
+        assert!(apply(&mut admin, md.clone()).await?.0);
+    }
+    let from0: Vec<i64> = vec![
+        init_producer_id(&mut c0).await?,
+        init_producer_id(&mut c0).await?,
+        init_producer_id(&mut c0).await?,
+    ];
+    let from1 = vec![
+        init_producer_id(&mut c1).await?,
+        init_producer_id(&mut c1).await?,
+    ];
+    assert_eq!(from0, vec![0, 1, 2]);
+    assert_eq!(from1, vec![3, 4]);
+    // Broker 0's block is used up: refused, and it says so to the controller.
+    let e = init_producer_id(&mut c0).await.expect_err("used up");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("block"), "{e:?}");
+    let mut admin0 = AdminClient::connect(b0.endpoint()).await?;
+    let d = admin0
+        .describe_partitions(DescribePartitionsRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(
+        d.producer_id_block.map(|b| (b.first_id, b.count)),
+        Some((0, 3))
+    );
+    assert_eq!(d.producer_ids_left, 0);
+
+    // A batch with an id no block holds is refused.
+    let mut batch = runnel_codec::BatchBuilder::new(runnel_codec::Compression::None, 0)
+        .with_producer(runnel_codec::ProducerInfo {
+            producer_id: 5_000,
+            producer_epoch: 0,
+            base_sequence: 0,
+        });
+    batch.append(0, None, Some(b"v"), &[]);
+    let e = c1
+        .produce(ProduceRequest {
+            topic: "orders".into(),
+            partition: Some(0),
+            acks: Acks::All as i32,
+            batches: batch.build()?,
+            ..ProduceRequest::default()
+        })
+        .await
+        .expect_err("never issued");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // The next block arrives; after a restart broker 0 goes on from it without repeating.
+    md = blocks((1003, 1000), (3, 1000), 2003);
+    md.epoch = 2;
+    assert!(apply(&mut admin0, md).await?.0);
+    assert_eq!(init_producer_id(&mut c0).await?, 1003);
+    b0.terminate()?;
+    b0.restart()?;
+    let mut c0 = BrokerClient::connect(b0.endpoint()).await?;
+    let after = init_producer_id(&mut c0).await?;
+    assert!(
+        after > 1003 && after < 2003,
+        "after a restart the broker skips what it may have handed out: got {after}"
+    );
     Ok(())
 }

@@ -141,6 +141,27 @@ pub struct ClusterStatus {
     /// Epoch of the newest metadata the operator sent to the brokers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_epoch: Option<i64>,
+    /// The block of idempotent producer ids each broker hands out (Kafka's KIP-730), so that no
+    /// two producers of the cluster share an id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["brokerId".into()]))]
+    pub producer_id_blocks: Vec<ProducerIdBlockStatus>,
+    /// Every producer id below this has been handed to a broker; the next block starts here.
+    /// Recorded before a block is sent, so that no id is handed out twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer_id_block_end: Option<i64>,
+}
+
+/// The producer ids one broker hands out: `firstId` to `firstId + count - 1`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProducerIdBlockStatus {
+    /// The broker.
+    pub broker_id: i32,
+    /// The block's first id.
+    pub first_id: i64,
+    /// How many ids it holds.
+    pub count: i64,
 }
 
 /// One broker of a Cluster.

@@ -1,7 +1,11 @@
 //! `runnel-storage-bench`: the raw-storage baseline of `make bench`. It builds the same
 //! RecordBatch v2 batches a producer would and writes them straight into sled (no gRPC, no
 //! offset assignment, no validation) under the broker's flush policy: a flusher thread that
-//! group-commits continuously, with the broker's sled flush + syncfs.
+//! group-commits continuously, with the broker's flush (sled's, then an fsync of each file sled
+//! wrote).
+//!
+//! `--checks-only` measures instead what the broker's checks of a produced batch cost (its CRC,
+//! header and every record, as [`runnel_broker::log::check_batch`] runs them), on one core.
 //!
 //! `--window N` gives the writer acks=all semantics with N batches in flight, as a producer with
 //! `max_in_flight = N` has: it never has more than N batches that are not yet durable. Without
@@ -34,6 +38,10 @@ struct Args {
     /// Most batches written but not yet durable (acks=all with this many in flight).
     #[arg(long)]
     window: Option<u64>,
+    /// Only run the broker's checks of a produced batch over the batches, without storing
+    /// them, and report their cost.
+    #[arg(long)]
+    checks_only: bool,
 }
 
 /// Batches written, and batches known durable, shared by the writer and the flusher.
@@ -43,10 +51,35 @@ struct Progress {
     durable: Condvar,
 }
 
+/// Times the broker's checks over `records` records in batches like `batch`.
+fn checks_only(args: &Args, batch: &Bytes, per_batch: u64) -> anyhow::Result<()> {
+    let config = runnel_broker::log::LogConfig::default();
+    let batches = args.records.div_ceil(per_batch);
+    let started = Instant::now();
+    for _ in 0..batches {
+        std::hint::black_box(runnel_broker::log::check_batch(
+            std::hint::black_box(batch),
+            &config,
+        )?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let records = batches * per_batch;
+    println!(
+        "{}",
+        serde_json::json!({
+            "checks_only": true,
+            "records": records,
+            "record_size": args.record_size,
+            "seconds": secs,
+            "records_per_sec": records as f64 / secs,
+            "ns_per_record": secs * 1e9 / records as f64,
+        })
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let storage = Arc::new(SledStorage::open(&args.data_dir)?);
-    let log = storage.open_log("baseline", 0)?;
     let value = vec![b'x'; args.record_size];
     // One batch template per distinct record count; batches are built ahead so that only
     // storage is measured.
@@ -56,6 +89,11 @@ fn main() -> anyhow::Result<()> {
         b.append(0, None, Some(&value), &[]);
     }
     let batch: Bytes = b.build()?;
+    if args.checks_only {
+        return checks_only(&args, &batch, per_batch);
+    }
+    let storage = Arc::new(SledStorage::open(&args.data_dir)?);
+    let log = storage.open_log("baseline", 0)?;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
     let flusher = {

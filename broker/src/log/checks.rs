@@ -9,7 +9,7 @@ use runnel_codec::{self as codec, BatchHeader, CodecError};
 /// minus one (its offsets are its own, not the client's choice), that it is neither
 /// transactional nor a control batch, and every record's framing (a compressed batch is
 /// inflated to check it). A batch that passes is one every reader can parse.
-pub(crate) fn check_batch(batch: &[u8], config: &LogConfig) -> Result<BatchHeader, LogError> {
+pub fn check_batch(batch: &[u8], config: &LogConfig) -> Result<BatchHeader, LogError> {
     if batch.len() > config.max_message_bytes {
         return Err(LogError::BatchTooLarge {
             size: batch.len(),

@@ -13,6 +13,8 @@ pub mod index;
 mod model_tests;
 mod producer;
 
+pub use checks::check_batch;
+
 use crate::compaction::{self, Candidate, KeyMap};
 use crate::retention::retention_cut;
 use crate::storage::{BatchLog, StorageError};

@@ -80,7 +80,10 @@ impl<S: Storage> AdminRpc for AdminService<S> {
                 }
             })
             .collect();
+        let ids = self.broker.producer_id_block();
         Ok(Response::new(DescribePartitionsResponse {
+            producer_id_block: ids.map(|(b, _)| b),
+            producer_ids_left: ids.map_or(0, |(_, left)| left),
             broker_id: me,
             metadata_epoch: md.epoch,
             partitions,

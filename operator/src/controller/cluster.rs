@@ -546,6 +546,8 @@ pub fn status(
         ready_brokers,
         brokers,
         metadata_epoch: None,
+        producer_id_blocks: Vec::new(),
+        producer_id_block_end: None,
     }
 }
 
@@ -714,9 +716,12 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
         &findings,
         Timestamp::now(),
     );
-    // The metadata epoch is the metadata controller's: compare without it.
+    // The metadata epoch and the producer id blocks are the metadata controller's: compare
+    // without them.
     let current = cluster.status.clone().map(|s| ClusterStatus {
         metadata_epoch: None,
+        producer_id_blocks: Vec::new(),
+        producer_id_block_end: None,
         ..s
     });
     if current.as_ref() != Some(&new_status) {

@@ -206,6 +206,9 @@ struct BenchProduceArgs {
     /// Turn idempotence off.
     #[arg(long)]
     no_idempotence: bool,
+    /// Give records keys, cycling through this many (a compacted topic needs keys).
+    #[arg(long, default_value_t = 0)]
+    keys: u64,
 }
 
 #[derive(Debug, Args)]
@@ -596,6 +599,7 @@ async fn bench(bootstrap: &str, output: Output, cmd: BenchCommand) -> Result<()>
                 idempotent: !a.no_idempotence,
                 rate: a.rate,
                 e2e: a.e2e,
+                keys: a.keys,
             })
             .await?;
             match output {
