@@ -748,11 +748,9 @@ impl<S: Storage> Broker<S> {
             if !config.compact {
                 continue;
             }
-            // What is durable is cleanable: checkpoint it first (made durable with the pass).
-            let storage = self.storage.clone();
-            let pass = log
-                .checkpoint()
-                .and_then(|_| log.compact(&config, now, &move || storage.flush()));
+            // What is durable is cleanable: checkpoint it first (made durable, with the pass, by
+            // the next flush).
+            let pass = log.checkpoint().and_then(|_| log.compact(&config, now));
             match pass {
                 Ok(Some(pass)) => {
                     cleaned += 1;

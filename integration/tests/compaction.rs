@@ -163,11 +163,17 @@ async fn a_million_commits_over_a_hundred_keys_stay_small() -> anyhow::Result<()
         assert_eq!(values.last(), Some(&format!("offset={last}")), "{key}");
     }
 
-    // The same after a restart.
+    // After a crash and a restart, every key's last commit is still there. (A cleaning step not
+    // yet flushed may be undone by the crash, bringing back older commits it had removed: they
+    // are cleaned again.)
     broker.restart()?;
     let mut data = BrokerClient::connect(broker.endpoint())
         .await?
         .max_decoding_message_size(64 << 20);
-    assert_eq!(latest(&mut data).await?, seen);
+    let after = latest(&mut data).await?;
+    assert_eq!(after.len(), KEYS);
+    for (key, values) in &seen {
+        assert_eq!(after[key].last(), values.last(), "{key} after the restart");
+    }
     Ok(())
 }

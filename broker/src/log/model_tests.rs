@@ -493,7 +493,7 @@ fn run(ops: Vec<Op>, compacted: bool) -> Result<(), TestCaseError> {
             Op::Compact => {
                 if !model.offline {
                     log.checkpoint().expect("checkpoint");
-                    log.compact(&config, 0, &|| Ok(())).expect("compact");
+                    log.compact(&config, 0).expect("compact");
                     if compacted {
                         model.compact();
                     } else {
