@@ -253,3 +253,57 @@ async fn refused_requests_change_nothing_and_the_partition_keeps_serving() -> an
     assert!(broker.is_running(), "broker died; log:\n{}", broker.log());
     Ok(())
 }
+
+/// Idle idempotent producers are forgotten after `producer.id.expiration.ms`, so a partition's
+/// producer state stays bounded; a forgotten producer that comes back starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_producers_are_forgotten() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &[
+            "--producer-id-expiration-ms",
+            "300",
+            "--retention-check-interval-ms",
+            "100",
+        ],
+    )?;
+    AdminClient::connect(broker.endpoint())
+        .await?
+        .create_topic(CreateTopicRequest {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            config: None,
+        })
+        .await?;
+    let mut data = BrokerClient::connect(broker.endpoint()).await?;
+    let pid = data
+        .init_producer_id(InitProducerIdRequest::default())
+        .await?
+        .into_inner()
+        .producer_id;
+    data.produce(produce(batch(&["a"], Some((pid, 0)), Compression::None)))
+        .await?;
+    // Remembered: a gap is refused.
+    let e = data
+        .produce(produce(batch(&["b"], Some((pid, 5)), Compression::None)))
+        .await
+        .expect_err("gap");
+    assert_eq!(e.code(), Code::Aborted, "{e:?}");
+    // Idle past the expiration: forgotten, so the same batch is now taken as a new producer's.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let r = data
+        .produce(produce(batch(&["b"], Some((pid, 5)), Compression::None)))
+        .await?
+        .into_inner();
+    assert_eq!(r.base_offset, 1);
+    let mut broker = broker;
+    assert!(
+        broker.log().contains("forgot idle producers"),
+        "{}",
+        broker.log()
+    );
+    assert!(broker.is_running());
+    Ok(())
+}
