@@ -211,6 +211,25 @@ impl Broker {
         self.spawn()
     }
 
+    /// Creates topic `name` with `partitions` partitions (one copy each) and `config`.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: Option<runnel_proto::v1::TopicConfig>,
+    ) -> anyhow::Result<()> {
+        runnel_proto::v1::admin_client::AdminClient::connect(self.endpoint())
+            .await?
+            .create_topic(runnel_proto::v1::CreateTopicRequest {
+                name: name.into(),
+                partitions,
+                replication_factor: 1,
+                config,
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

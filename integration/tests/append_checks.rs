@@ -6,11 +6,8 @@
 use bytes::{Bytes, BytesMut};
 use runnel_codec::{BatchBuilder, Compression, ProducerInfo};
 use runnel_integration::Broker;
-use runnel_proto::v1::admin_client::AdminClient;
 use runnel_proto::v1::broker_client::BrokerClient;
-use runnel_proto::v1::{
-    Acks, CreateTopicRequest, FetchRequest, InitProducerIdRequest, ProduceRequest,
-};
+use runnel_proto::v1::{Acks, FetchRequest, InitProducerIdRequest, ProduceRequest};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -115,15 +112,7 @@ async fn refused_requests_change_nothing_and_the_partition_keeps_serving() -> an
     let dir = tempfile::tempdir()?;
     // A short durability timeout: a wedged partition shows as DEADLINE_EXCEEDED quickly.
     let broker = Broker::start(&dir.path().join("data"), &["--produce-timeout-ms", "3000"])?;
-    AdminClient::connect(broker.endpoint())
-        .await?
-        .create_topic(CreateTopicRequest {
-            name: "t".into(),
-            partitions: 1,
-            replication_factor: 1,
-            config: None,
-        })
-        .await?;
+    broker.create_topic("t", 1, None).await?;
     let mut data = BrokerClient::connect(broker.endpoint()).await?;
     let pid = data
         .init_producer_id(InitProducerIdRequest::default())
@@ -268,15 +257,7 @@ async fn idle_producers_are_forgotten() -> anyhow::Result<()> {
             "100",
         ],
     )?;
-    AdminClient::connect(broker.endpoint())
-        .await?
-        .create_topic(CreateTopicRequest {
-            name: "t".into(),
-            partitions: 1,
-            replication_factor: 1,
-            config: None,
-        })
-        .await?;
+    broker.create_topic("t", 1, None).await?;
     let mut data = BrokerClient::connect(broker.endpoint()).await?;
     let pid = data
         .init_producer_id(InitProducerIdRequest::default())

@@ -9,9 +9,8 @@ use bytes::Bytes;
 use runnel_broker::storage::{BatchLog, SledLog, SledStorage, Storage};
 use runnel_codec::{BatchBuilder, Compression};
 use runnel_integration::{runnel, Broker};
-use runnel_proto::v1::admin_client::AdminClient;
 use runnel_proto::v1::broker_client::BrokerClient;
-use runnel_proto::v1::{Acks, CreateTopicRequest, FetchRequest, ProduceRequest, RecordFormat};
+use runnel_proto::v1::{Acks, FetchRequest, ProduceRequest, RecordFormat};
 use tonic::Code;
 
 fn batch(values: &[&str]) -> Bytes {
@@ -27,15 +26,7 @@ async fn readers_show_the_records_before_a_bad_batch_and_name_its_offset() -> an
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("data");
     let mut broker = Broker::start(&data_dir, &[])?;
-    AdminClient::connect(broker.endpoint())
-        .await?
-        .create_topic(CreateTopicRequest {
-            name: "t".into(),
-            partitions: 2,
-            replication_factor: 1,
-            config: None,
-        })
-        .await?;
+    broker.create_topic("t", 2, None).await?;
     let mut data = BrokerClient::connect(broker.endpoint()).await?;
     for (partition, values) in [
         (0, &["a", "b", "c"][..]),

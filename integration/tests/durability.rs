@@ -5,8 +5,6 @@
 
 use runnel_integration::load::{read_back, Load};
 use runnel_integration::Broker;
-use runnel_proto::v1::admin_client::AdminClient;
-use runnel_proto::v1::CreateTopicRequest;
 use std::time::Duration;
 
 const PRODUCERS: usize = 4;
@@ -16,15 +14,7 @@ const PARTITIONS: i32 = 3;
 async fn acknowledged_records_survive_kill_9() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut broker = Broker::start(&dir.path().join("data"), &[])?;
-    AdminClient::connect(broker.endpoint())
-        .await?
-        .create_topic(CreateTopicRequest {
-            name: "durable".into(),
-            partitions: PARTITIONS,
-            replication_factor: 1,
-            config: None,
-        })
-        .await?;
+    broker.create_topic("durable", PARTITIONS, None).await?;
 
     let load = Load::start(&broker.address, "durable", PRODUCERS, PARTITIONS);
     // Let them run, then crash the broker under load.

@@ -7,9 +7,8 @@
 use bytes::Bytes;
 use runnel_codec::{BatchBuilder, Compression};
 use runnel_integration::{http_get, Broker, Tmpfs};
-use runnel_proto::v1::admin_client::AdminClient;
 use runnel_proto::v1::broker_client::BrokerClient;
-use runnel_proto::v1::{Acks, CreateTopicRequest, FetchRequest, ProduceRequest};
+use runnel_proto::v1::{Acks, FetchRequest, ProduceRequest};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -142,15 +141,7 @@ async fn a_full_disk_takes_the_broker_offline_until_space_is_freed() -> anyhow::
         &logs.path().join("broker.log"),
         &["--produce-timeout-ms", "20000"],
     )?;
-    AdminClient::connect(broker.endpoint())
-        .await?
-        .create_topic(CreateTopicRequest {
-            name: "t".into(),
-            partitions: 1,
-            replication_factor: 1,
-            config: None,
-        })
-        .await?;
+    broker.create_topic("t", 1, None).await?;
     let mut data = BrokerClient::connect(broker.endpoint())
         .await?
         .max_decoding_message_size(64 << 20);

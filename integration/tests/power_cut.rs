@@ -10,8 +10,6 @@
 use runnel_integration::load::{read_back, Load};
 use runnel_integration::{bin, Broker};
 use runnel_lazyfs::machine::Machine;
-use runnel_proto::v1::admin_client::AdminClient;
-use runnel_proto::v1::CreateTopicRequest;
 use std::time::Duration;
 
 const PRODUCERS: usize = 4;
@@ -25,15 +23,7 @@ async fn acknowledged_records_survive_a_power_cut() -> anyhow::Result<()> {
     let data = machine.mnt().join("data");
     let log = logs.path().join("broker.log");
     let mut broker = Broker::start_logging_to(&data, &log, &[])?;
-    AdminClient::connect(broker.endpoint())
-        .await?
-        .create_topic(CreateTopicRequest {
-            name: "durable".into(),
-            partitions: PARTITIONS,
-            replication_factor: 1,
-            config: None,
-        })
-        .await?;
+    broker.create_topic("durable", PARTITIONS, None).await?;
 
     // Records of 1 KiB in batches of 64 KiB: the database's nodes grow large enough to be
     // written to files of their own, which must be synced too.
