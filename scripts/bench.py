@@ -564,7 +564,7 @@ def main():
                "partition per GB) is killed with `kill -9` right after the last produce and started again on the same "
                f"data, {REPEATS} times: the time from the start to `/readyz` answering 200, and the broker's memory "
                "then (*peak* is its high-water mark, recovery included). A restart reads each partition's index and "
-               "only the batches stored since its last checkpoint (taken every 64 MiB or 10 s of new data), so "
+               "only the batches stored since its last checkpoint (taken once the partitions together hold 64 MiB beyond their checkpoints, and every 10 s), so "
                "the time follows what was written since the checkpoint, not the size of the log.\n")
     out.append("| data | records | on disk | start to /readyz (runs) | RSS / peak RSS at ready (median run) | command |")
     out.append("| --- | --- | --- | --- | --- | --- |")

@@ -776,17 +776,22 @@ impl<S: Storage> Broker<S> {
         Ok(cleaned)
     }
 
-    /// Checkpoints the partitions with at least `bytes` appended beyond their checkpoint, or
-    /// with anything appended when `all`, then makes the checkpoints durable; returns how many
-    /// were written. This bounds what a restart reads (see [`crate::log::index`]).
+    /// Checkpoints every partition with anything appended beyond its checkpoint once the
+    /// partitions together hold at least `bytes` beyond theirs, or when `all`; then makes the
+    /// checkpoints durable. Returns how many were written. This bounds what a restart reads, for
+    /// the broker as a whole (see [`crate::log::index`]).
     pub fn checkpoint_logs(&self, bytes: u64, all: bool) -> Result<usize, BrokerError> {
         if self.health.failure().is_some() {
             return Ok(0);
         }
+        let logs = self.held_logs();
+        let total: u64 = logs.iter().map(|(_, log)| log.unchecked().0).sum();
+        if total == 0 || (total < bytes && !all) {
+            return Ok(0);
+        }
         let mut written = 0;
-        for ((topic, partition), log) in self.held_logs() {
-            let (unchecked, _) = log.unchecked();
-            if unchecked == 0 || (unchecked < bytes && !all) {
+        for ((topic, partition), log) in logs {
+            if log.unchecked().0 == 0 {
                 continue;
             }
             match log.checkpoint() {

@@ -108,9 +108,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    // Checkpoints: a partition is checkpointed once CHECKPOINT_BYTES are appended beyond its
-    // checkpoint, and every partition with anything new every CHECKPOINT_INTERVAL, so that a
-    // restart reads little more than that.
+    // Checkpoints: every partition with anything new is checkpointed once the partitions
+    // together hold CHECKPOINT_BYTES beyond their checkpoints, and every CHECKPOINT_INTERVAL,
+    // so that a restart reads little more than that.
     let checkpointing = broker.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECKPOINT_POLL);
