@@ -9,3 +9,4 @@ pub mod controller;
 pub mod crd;
 pub mod lease;
 pub mod partition;
+pub mod producer_ids;

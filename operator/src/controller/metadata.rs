@@ -20,8 +20,8 @@ use super::{apply_status, cluster, condition, Context, Error, FIELD_MANAGER};
 use crate::assign::{assign, Assignment, BrokerSlot, TopicRequest};
 use crate::brokers::{BrokerConnection, Holdings};
 use crate::crd::{
-    CleanupPolicy, Cluster, PartitionStatus, ProducerIdBlockStatus, TimestampType, Topic,
-    TopicConfig, TopicStatus, TopicTotals,
+    CleanupPolicy, Cluster, PartitionStatus, TimestampType, Topic, TopicConfig, TopicStatus,
+    TopicTotals,
 };
 use crate::partition::{self, Plan, Report};
 use k8s_openapi::api::core::v1::Pod;
@@ -41,8 +41,6 @@ pub const TOPIC_FINALIZER: &str = "runnel.dev/topic-data";
 const EPOCH_MANAGER: &str = "runnel-operator-metadata";
 /// Field manager of the producer id blocks in the Cluster's status.
 const PRODUCER_IDS_MANAGER: &str = "runnel-operator-producer-ids";
-/// Producer ids handed to a broker at a time.
-pub const PRODUCER_ID_BLOCK: i64 = 1000;
 /// The controller's name in metrics and logs.
 const CONTROLLER: &str = "Metadata";
 
@@ -334,56 +332,6 @@ pub fn decide(
         },
         topics: decisions,
     }
-}
-
-/// The producer id blocks of a cluster of `size` brokers (Kafka's KIP-730): each broker keeps
-/// its block (`current`) until it reports (in `left`) that less than half of it is left, and
-/// then, like a broker without one, gets the next `PRODUCER_ID_BLOCK` ids from `end`. Returns
-/// the blocks, the new end, and whether anything changed (the caller records the new end before
-/// it sends a block, so that no id is handed out twice).
-pub fn allocate_producer_ids(
-    size: i32,
-    current: &[ProducerIdBlockStatus],
-    end: i64,
-    left: &BTreeMap<i32, i64>,
-) -> (Vec<ProducerIdBlockStatus>, i64, bool) {
-    let mut end = current
-        .iter()
-        .map(|b| b.first_id + b.count)
-        .max()
-        .unwrap_or(0)
-        .max(end);
-    let mut changed = false;
-    let mut blocks = Vec::new();
-    for broker_id in 0..size.max(0) {
-        let held = current.iter().find(|b| b.broker_id == broker_id);
-        let keep = held.filter(|b| left.get(&broker_id).is_none_or(|l| *l * 2 >= b.count));
-        match keep {
-            Some(b) => blocks.push(*b),
-            None => {
-                blocks.push(ProducerIdBlockStatus {
-                    broker_id,
-                    first_id: end,
-                    count: PRODUCER_ID_BLOCK,
-                });
-                end += PRODUCER_ID_BLOCK;
-                changed = true;
-            }
-        }
-    }
-    (blocks, end, changed)
-}
-
-/// The blocks in the wire format.
-fn wire_blocks(blocks: &[ProducerIdBlockStatus]) -> Vec<pb::ProducerIdBlock> {
-    blocks
-        .iter()
-        .map(|b| pb::ProducerIdBlock {
-            broker_id: b.broker_id,
-            first_id: b.first_id,
-            count: b.count,
-        })
-        .collect()
 }
 
 /// Whether any live broker needs the metadata sent again: it holds other metadata, or it lacks
@@ -729,7 +677,7 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
         .filter(|(_, h)| h.partitions.producer_id_block.is_some())
         .map(|(id, h)| (*id, h.partitions.producer_ids_left))
         .collect();
-    let (blocks, id_end, changed) = allocate_producer_ids(
+    let (blocks, id_end, changed) = crate::producer_ids::allocate(
         cluster.spec.brokers,
         &status.producer_id_blocks,
         status.producer_id_block_end.unwrap_or(0),
@@ -744,7 +692,7 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
         apply_status(&clusters, &name, ids_status, PRODUCER_IDS_MANAGER).await?;
         tracing::info!(end = id_end, "handed out producer id blocks");
     }
-    decision.metadata.producer_id_blocks = wire_blocks(&blocks);
+    decision.metadata.producer_id_blocks = crate::producer_ids::wire(&blocks);
     decision.metadata.producer_id_end = id_end;
 
     let mut epoch = cluster
@@ -1107,48 +1055,5 @@ mod tests {
         );
         assert_eq!(again.metadata, d.metadata);
         assert!(!needs_apply(&again.metadata, &live, &Reports::new(&live)));
-    }
-
-    proptest::proptest! {
-        /// Blocks never overlap, never start below what was handed out before, each broker of
-        /// the cluster has one, and a broker keeps its block while more than half is left.
-        #[test]
-        fn producer_id_blocks_never_overlap_or_repeat(
-            rounds in proptest::collection::vec(
-                (1i32..6, proptest::collection::btree_map(0i32..6, 0i64..=PRODUCER_ID_BLOCK, 0..6)),
-                1..20,
-            ),
-        ) {
-            let mut blocks: Vec<ProducerIdBlockStatus> = Vec::new();
-            let mut end = 0;
-            let mut ever: Vec<ProducerIdBlockStatus> = Vec::new();
-            for (size, left) in rounds {
-                let before = end;
-                let (next, new_end, changed) = allocate_producer_ids(size, &blocks, end, &left);
-                proptest::prop_assert!(new_end >= before);
-                proptest::prop_assert_eq!(next.len(), size as usize);
-                for b in &next {
-                    proptest::prop_assert!(b.first_id + b.count <= new_end);
-                    let old = blocks.iter().find(|o| o.broker_id == b.broker_id);
-                    match old {
-                        Some(o) if o == b => {
-                            proptest::prop_assert!(left.get(&b.broker_id).is_none_or(|l| l * 2 >= o.count));
-                        }
-                        _ => {
-                            proptest::prop_assert!(b.first_id >= before, "a new block starts past every old one");
-                            proptest::prop_assert!(changed);
-                            ever.push(*b);
-                        }
-                    }
-                }
-                for (i, a) in ever.iter().enumerate() {
-                    for c in &ever[i + 1..] {
-                        proptest::prop_assert!(a.first_id + a.count <= c.first_id || c.first_id + c.count <= a.first_id);
-                    }
-                }
-                blocks = next;
-                end = new_end;
-            }
-        }
     }
 }
