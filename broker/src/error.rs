@@ -130,6 +130,14 @@ pub enum BrokerError {
         /// Its end.
         end: i64,
     },
+    /// A plain-record produce over several partitions failed after some were appended.
+    #[error("{source} (the records for partitions {appended:?} of the request were appended)")]
+    PartlyAppended {
+        /// The partitions whose records were appended.
+        appended: Vec<i32>,
+        /// Why the rest failed.
+        source: Box<BrokerError>,
+    },
     /// Storage failed outside a partition log.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -142,6 +150,7 @@ impl BrokerError {
     /// The gRPC code a client sees.
     pub fn code(&self) -> Code {
         match self {
+            BrokerError::PartlyAppended { source, .. } => source.code(),
             BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => Code::NotFound,
             BrokerError::NotLeader { .. } | BrokerError::NotController => Code::FailedPrecondition,
             BrokerError::InvalidTopicName { .. }

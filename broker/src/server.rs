@@ -92,62 +92,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
-    let retention_broker = broker.clone();
-    let interval = config.retention_check_interval;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let b = retention_broker.clone();
-            match tokio::task::spawn_blocking(move || b.apply_retention()).await {
-                Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
-                Err(e) => tracing::error!(error = %e, "retention task failed"),
-                Ok(Ok(())) => {}
-            }
-        }
-    });
-
+    every(
+        config.retention_check_interval,
+        "retention",
+        broker.clone(),
+        |b, _| b.apply_retention().map(|()| 0),
+    );
     // Checkpoints: every partition with anything new is checkpointed once the partitions
     // together hold CHECKPOINT_BYTES beyond their checkpoints, and every CHECKPOINT_INTERVAL,
     // so that a restart reads little more than that.
-    let checkpointing = broker.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CHECKPOINT_POLL);
-        let mut last_all = tokio::time::Instant::now();
-        loop {
-            tick.tick().await;
-            let all = last_all.elapsed() >= CHECKPOINT_INTERVAL;
-            if all {
-                last_all = tokio::time::Instant::now();
-            }
-            let b = checkpointing.clone();
-            match tokio::task::spawn_blocking(move || b.checkpoint_logs(CHECKPOINT_BYTES, all))
-                .await
-            {
-                Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed"),
-                Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
-                Ok(Ok(_)) => {}
-            }
-        }
-    });
-
+    let ticks_per_interval = (CHECKPOINT_INTERVAL.as_millis() / CHECKPOINT_POLL.as_millis()) as u64;
+    every(
+        CHECKPOINT_POLL,
+        "checkpoint",
+        broker.clone(),
+        move |b, tick| b.checkpoint_logs(CHECKPOINT_BYTES, tick % ticks_per_interval == 0),
+    );
     // The cleaner: compacted topics, off the produce path.
-    let cleaning = broker.clone();
-    let cleaner_interval = config.cleaner_interval;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(cleaner_interval);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let b = cleaning.clone();
-            match tokio::task::spawn_blocking(move || b.compact_logs()).await {
-                Ok(Err(e)) => tracing::error!(error = %e, "compaction failed"),
-                Err(e) => tracing::error!(error = %e, "compaction task failed"),
-                Ok(Ok(_)) => {}
-            }
-        }
-    });
+    every(
+        config.cleaner_interval,
+        "compaction",
+        broker.clone(),
+        |b, _| b.compact_logs(),
+    );
 
     // The storage watch: a flush that stops answering fails the storage; a failed storage is
     // reopened, once its disk takes writes again, by starting this broker afresh in place.
@@ -245,6 +212,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped; all appended records are flushed");
     }
     Ok(())
+}
+
+/// Runs `work` (blocking) on the broker every `interval`, after the first interval, with the
+/// number of the tick; logs its failures.
+fn every(
+    interval: Duration,
+    what: &'static str,
+    broker: Arc<Broker<SledStorage>>,
+    work: impl Fn(&Broker<SledStorage>, u64) -> Result<usize, crate::error::BrokerError>
+        + Send
+        + Sync
+        + 'static,
+) {
+    let work = Arc::new(work);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        for n in 1u64.. {
+            tick.tick().await;
+            let (b, w) = (broker.clone(), work.clone());
+            match tokio::task::spawn_blocking(move || w(&b, n)).await {
+                Ok(Err(e)) => tracing::error!(error = %e, "{what} failed"),
+                Err(e) => tracing::error!(error = %e, "{what} task failed"),
+                Ok(Ok(_)) => {}
+            }
+        }
+    });
 }
 
 /// Writes, syncs and removes a file of `PROBE_BYTES` in `dir`: whether its disk takes writes.

@@ -185,11 +185,10 @@ fn queue<S: Storage>(
             }),
             Err(e) if queued.is_empty() => return Err(e),
             Err(e) => {
-                let done: Vec<String> = queued.iter().map(|q| q.partition.to_string()).collect();
-                return Err(BrokerError::InvalidRequest(format!(
-                    "{e} (the records for partitions {} were appended)",
-                    done.join(", ")
-                )));
+                return Err(BrokerError::PartlyAppended {
+                    appended: queued.iter().map(|q| q.partition).collect(),
+                    source: Box::new(e),
+                })
             }
         }
     }
