@@ -2,7 +2,10 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -95,12 +98,20 @@ fn main() -> Result<()> {
     let unmounter = session.unmount_callable();
     info!(backing = %backing.display(), mountpoint = %mountpoint.display(), "mounted");
 
+    // A forced unmount ends the session before the signal thread has detached the mount:
+    // the process must not exit until it has, or the dead mount stays behind.
+    let unmounting = Arc::new(AtomicBool::new(false));
+    let (detached, wait_detached) = std::sync::mpsc::channel::<()>();
     {
         let switch = switch.clone();
         let mountpoint = mountpoint.clone();
+        let unmounting = unmounting.clone();
         thread::Builder::new()
             .name("signals".into())
-            .spawn(move || take_signals(&signals, &switch, unmounter, &mountpoint))
+            .spawn(move || {
+                take_signals(&signals, &switch, unmounter, &mountpoint, &unmounting);
+                let _ = detached.send(());
+            })
             .context("starting the signal thread")?;
     }
     if let Some(path) = &args.control {
@@ -117,6 +128,9 @@ fn main() -> Result<()> {
     }
 
     let served = session.run();
+    if unmounting.load(Ordering::SeqCst) {
+        let _ = wait_detached.recv_timeout(Duration::from_secs(10));
+    }
     if let Some(path) = &args.control {
         let _ = std::fs::remove_file(path);
     }
@@ -130,6 +144,7 @@ fn take_signals(
     switch: &runnel_lazyfs::PowerSwitch,
     mut unmounter: SessionUnmounter,
     mountpoint: &Path,
+    unmounting: &AtomicBool,
 ) {
     loop {
         match signals.wait() {
@@ -139,11 +154,13 @@ fn take_signals(
             },
             Ok(signal) => {
                 info!(%signal, "unmounting");
+                unmounting.store(true, Ordering::SeqCst);
                 unmount(&mut unmounter, mountpoint);
                 return;
             }
             Err(error) => {
                 error!(%error, "waiting for signals failed; unmounting");
+                unmounting.store(true, Ordering::SeqCst);
                 unmount(&mut unmounter, mountpoint);
                 return;
             }
