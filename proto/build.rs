@@ -7,6 +7,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "runnel/v1/common.proto",
+        "runnel/v1/groups.proto",
         "runnel/v1/broker.proto",
         "runnel/v1/admin.proto",
     ];

@@ -54,6 +54,16 @@ pub struct ConfigLayer {
     /// Threads writing produced batches into storage, each partition always on the same one
     /// (default: half the cores, at least one).
     pub append_threads: Option<usize>,
+    /// A consumer-group member that sends no heartbeat for this long is removed, unless it
+    /// asks for its own timeout (Kafka's `group.consumer.session.timeout.ms`).
+    pub group_session_timeout_ms: Option<u32>,
+    /// The shortest session timeout a member may ask for.
+    pub group_min_session_timeout_ms: Option<u32>,
+    /// How often group members heartbeat (`group.consumer.heartbeat.interval.ms`).
+    pub group_heartbeat_interval_ms: Option<u32>,
+    /// Partitions of `__consumer_offsets` when a standalone broker creates it
+    /// (`offsets.topic.num.partitions`).
+    pub offsets_topic_partitions: Option<i32>,
 }
 
 /// The fields of [`ConfigLayer`], as they appear in the file and (upper-cased, `RUNNEL_` prefix)
@@ -79,6 +89,10 @@ pub const FIELDS: &[&str] = &[
     "cache_capacity_bytes",
     "network_threads",
     "append_threads",
+    "group_session_timeout_ms",
+    "group_min_session_timeout_ms",
+    "group_heartbeat_interval_ms",
+    "offsets_topic_partitions",
 ];
 
 /// Kafka's default `producer.id.expiration.ms`: one day.
@@ -167,7 +181,11 @@ impl ConfigLayer {
             producer_id_expiration_ms,
             cache_capacity_bytes,
             network_threads,
-            append_threads
+            append_threads,
+            group_session_timeout_ms,
+            group_min_session_timeout_ms,
+            group_heartbeat_interval_ms,
+            offsets_topic_partitions
         )
     }
 
@@ -318,6 +336,48 @@ impl ConfigLayer {
         if cleaner_interval == 0 {
             return Err(bad("cleaner_interval_ms", "must be positive".into()));
         }
+        let mut groups = crate::groups::GroupSettings::default();
+        if let Some(t) = self.group_min_session_timeout_ms {
+            if t == 0 {
+                return Err(bad(
+                    "group_min_session_timeout_ms",
+                    "must be positive".into(),
+                ));
+            }
+            groups.min_session_timeout_ms = t;
+        }
+        if let Some(t) = self.group_session_timeout_ms {
+            if !(groups.min_session_timeout_ms..=groups.max_session_timeout_ms).contains(&t) {
+                return Err(bad(
+                    "group_session_timeout_ms",
+                    format!(
+                        "{t} is not between group_min_session_timeout_ms ({}) and {}",
+                        groups.min_session_timeout_ms, groups.max_session_timeout_ms
+                    ),
+                ));
+            }
+            groups.session_timeout_ms = t;
+        }
+        if let Some(t) = self.group_heartbeat_interval_ms {
+            if t == 0 || t >= groups.session_timeout_ms {
+                return Err(bad(
+                    "group_heartbeat_interval_ms",
+                    format!(
+                        "{t} must be positive and below the session timeout ({} ms)",
+                        groups.session_timeout_ms
+                    ),
+                ));
+            }
+            groups.heartbeat_interval_ms = t;
+            groups.reconcile_interval_ms = groups.reconcile_interval_ms.min(t);
+        }
+        let offsets_topic_partitions = self.offsets_topic_partitions.unwrap_or(50);
+        if !(1..=1000).contains(&offsets_topic_partitions) {
+            return Err(bad(
+                "offsets_topic_partitions",
+                format!("{offsets_topic_partitions} is not between 1 and 1000"),
+            ));
+        }
         Ok(Config {
             settings: BrokerSettings {
                 broker_id,
@@ -336,6 +396,8 @@ impl ConfigLayer {
                 producer_id_expiration_ms,
                 flush_linger: Duration::from_millis(self.flush_linger_ms.unwrap_or(0)),
                 append_threads,
+                groups,
+                offsets_topic_partitions,
             },
             data_dir,
             listen,

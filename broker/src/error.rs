@@ -138,6 +138,27 @@ pub enum BrokerError {
         /// Why the rest failed.
         source: Box<BrokerError>,
     },
+    /// A consumer-group call refused by the group's rules.
+    #[error(transparent)]
+    Group(crate::groups::GroupError),
+    /// No such consumer group.
+    #[error("consumer group `{0}` does not exist (it has no members and no committed offsets)")]
+    UnknownGroup(String),
+    /// This broker does not coordinate the group.
+    #[error("broker {broker} is not the coordinator of group `{group}`; the coordinator is broker {coordinator}{at}")]
+    NotCoordinator {
+        /// The group.
+        group: String,
+        /// This broker.
+        broker: i32,
+        /// The coordinator's id (-1 when none).
+        coordinator: i32,
+        /// " at host:port" when known.
+        at: String,
+    },
+    /// Groups cannot be coordinated yet.
+    #[error("no group coordinator is available: {0}")]
+    CoordinatorNotAvailable(String),
     /// Storage failed outside a partition log.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -151,8 +172,14 @@ impl BrokerError {
     pub fn code(&self) -> Code {
         match self {
             BrokerError::PartlyAppended { source, .. } => source.code(),
-            BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => Code::NotFound,
-            BrokerError::NotLeader { .. } | BrokerError::NotController => Code::FailedPrecondition,
+            BrokerError::UnknownTopic(_)
+            | BrokerError::UnknownPartition { .. }
+            | BrokerError::UnknownGroup(_) => Code::NotFound,
+            BrokerError::NotLeader { .. }
+            | BrokerError::NotController
+            | BrokerError::NotCoordinator { .. } => Code::FailedPrecondition,
+            BrokerError::Group(e) => group_code(e),
+            BrokerError::CoordinatorNotAvailable(_) => Code::Unavailable,
             BrokerError::InvalidTopicName { .. }
             | BrokerError::InvalidPartitionCount(_)
             | BrokerError::InvalidReplicationFactor { .. }
@@ -193,6 +220,18 @@ impl BrokerError {
             partition,
             source,
         }
+    }
+}
+
+/// The gRPC code of a group's refusal: a fenced member is told to join again (ABORTED).
+fn group_code(e: &crate::groups::GroupError) -> Code {
+    use crate::groups::GroupError;
+    match e {
+        GroupError::UnknownMember { .. }
+        | GroupError::FencedEpoch { .. }
+        | GroupError::NotOwned { .. } => Code::Aborted,
+        GroupError::NotEmpty { .. } => Code::FailedPrecondition,
+        GroupError::Invalid { .. } => Code::InvalidArgument,
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Layout: [`codec`](runnel_codec) validates batches; [`storage`] keeps them; [`log`] applies
 //! Kafka's rules per partition; [`appender`] threads run the appends; [`durability`] makes them
-//! durable by group commit; [`broker`] ties partitions to metadata; [`service`] is the gRPC
-//! edge; [`server`] runs the process.
+//! durable by group commit; [`broker`] ties partitions to metadata; [`groups`] coordinates
+//! consumer groups; [`service`] is the gRPC edge; [`server`] runs the process.
 
 pub mod appender;
 pub mod broker;
@@ -11,6 +11,7 @@ pub mod compaction;
 pub mod config;
 pub mod durability;
 pub mod error;
+pub mod groups;
 pub mod log;
 pub mod metadata;
 pub mod metrics;

@@ -68,6 +68,19 @@ struct Flags {
     /// Threads writing batches into storage (default: half the cores, at least one).
     #[arg(long)]
     append_threads: Option<usize>,
+    /// A consumer-group member silent this long is removed, in ms (default 10000), unless it
+    /// asks for its own session timeout.
+    #[arg(long)]
+    group_session_timeout_ms: Option<u32>,
+    /// The shortest session timeout a member may ask for, in ms (default 1000).
+    #[arg(long)]
+    group_min_session_timeout_ms: Option<u32>,
+    /// How often group members heartbeat, in ms (default 500).
+    #[arg(long)]
+    group_heartbeat_interval_ms: Option<u32>,
+    /// Partitions of `__consumer_offsets` when a standalone broker creates it (default 50).
+    #[arg(long)]
+    offsets_topic_partitions: Option<i32>,
 }
 
 impl Flags {
@@ -93,6 +106,10 @@ impl Flags {
             cache_capacity_bytes: None,
             network_threads: self.network_threads,
             append_threads: self.append_threads,
+            group_session_timeout_ms: self.group_session_timeout_ms,
+            group_min_session_timeout_ms: self.group_min_session_timeout_ms,
+            group_heartbeat_interval_ms: self.group_heartbeat_interval_ms,
+            offsets_topic_partitions: self.offsets_topic_partitions,
         }
     }
 }

@@ -2,12 +2,14 @@
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::groups::Coordinator;
 use crate::metrics::{self, Metrics};
-use crate::service::{AdminService, BrokerService, MAX_MESSAGE_BYTES};
+use crate::service::{AdminService, BrokerService, GroupsService, MAX_MESSAGE_BYTES};
 use crate::storage::SledStorage;
 use anyhow::Context;
 use runnel_proto::v1::admin_server::AdminServer;
 use runnel_proto::v1::broker_server::BrokerServer;
+use runnel_proto::v1::groups_server::GroupsServer;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +33,9 @@ const STORAGE_RETRY_REPORT: Duration = Duration::from_secs(30);
 const PROBE_BYTES: usize = 4 << 20;
 /// How long answers already on their way get before a restart in place.
 const RESTART_GRACE: Duration = Duration::from_millis(200);
+
+/// How often group members are checked for expired sessions.
+const GROUP_EXPIRY_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How long in-flight requests get to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -61,6 +66,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await;
     health_reporter
         .set_serving::<AdminServer<AdminService<SledStorage>>>()
+        .await;
+    health_reporter
+        .set_serving::<GroupsServer<GroupsService<SledStorage>>>()
         .await;
     // Reflection in both versions: stock grpcio and older grpcurl speak only v1alpha.
     let reflection = || {
@@ -108,6 +116,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         broker.clone(),
         move |b, tick| b.checkpoint_logs(CHECKPOINT_BYTES, tick % ticks_per_interval == 0),
     );
+    // Group members whose session ran out.
+    let coordinator = Arc::new(Coordinator::new(broker.clone()));
+    let expiring = coordinator.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(GROUP_EXPIRY_INTERVAL);
+        loop {
+            tick.tick().await;
+            expiring.expire();
+        }
+    });
     // The cleaner: compacted topics, off the produce path.
     every(
         config.cleaner_interval,
@@ -159,10 +177,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing in-flight requests");
         shutdown_broker.begin_shutdown();
     };
-    let data = BrokerServer::new(BrokerService::new(broker.clone()))
+    let data = BrokerServer::new(BrokerService::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService::new(broker.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let groups = GroupsServer::new(GroupsService::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
@@ -179,6 +200,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(reflection_v1alpha)
         .add_service(data)
         .add_service(admin)
+        .add_service(groups)
         .serve_with_incoming_shutdown(
             // The builder's tcp_nodelay applies only to listeners tonic binds itself; without
             // it on accepted sockets, Nagle's algorithm holds small answers for ~40 ms.

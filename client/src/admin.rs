@@ -178,7 +178,7 @@ impl From<&TopicMetadata> for TopicSummary {
 /// `Broker.Metadata`/`ListOffsets` for descriptions.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    cluster: Cluster,
+    pub(crate) cluster: Cluster,
 }
 
 impl Admin {

@@ -177,6 +177,7 @@ struct Assigned {
     high_watermark: i64,
     generation: u64,
     task: JoinHandle<()>,
+    paused: bool,
 }
 
 /// A consumer of manually assigned partitions.
@@ -330,10 +331,72 @@ impl Consumer {
                 high_watermark: -1,
                 generation,
                 task,
+                paused: false,
             },
         ) {
             old.task.abort();
         }
+    }
+
+    /// Starts consuming one partition at `offset` (adding it to the assignment, or moving it).
+    pub(crate) fn assign_at(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
+        self.start_fetcher(topic.clone(), partition, offset);
+    }
+
+    /// The offsets where each of `partitions` starts by `start` (one `ListOffsets` per topic).
+    pub(crate) async fn resolve_start(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        start: StartOffset,
+    ) -> Result<Vec<i64>> {
+        let info = self.cluster.cluster_info(&[topic.to_owned()]).await?;
+        self.start_offsets(&info, topic, partitions, start).await
+    }
+
+    /// Stops consuming some partitions.
+    pub fn unassign_partitions(&mut self, partitions: &[(String, i32)]) {
+        for (t, p) in partitions {
+            if let Some(a) = self.assigned.remove(&(Arc::from(t.as_str()), *p)) {
+                a.task.abort();
+            }
+        }
+    }
+
+    /// Stops fetching `partitions` until [`resume`](Self::resume); their positions stay.
+    pub fn pause(&mut self, partitions: &[(String, i32)]) {
+        for (t, p) in partitions {
+            if let Some(a) = self.assigned.get_mut(&(Arc::from(t.as_str()), *p)) {
+                a.task.abort();
+                a.paused = true;
+                // Responses already fetched are from before the pause: dropped.
+                a.generation = 0;
+            }
+        }
+    }
+
+    /// Fetches paused partitions again, from their positions.
+    pub fn resume(&mut self, partitions: &[(String, i32)]) {
+        for (t, p) in partitions {
+            let key = (Arc::from(t.as_str()), *p);
+            let at = match self.assigned.get(&key) {
+                Some(a) if a.paused => a.position,
+                _ => continue,
+            };
+            self.start_fetcher(key.0, *p, at);
+        }
+    }
+
+    /// The paused partitions, sorted.
+    pub fn paused(&self) -> Vec<(String, i32)> {
+        let mut v: Vec<(String, i32)> = self
+            .assigned
+            .iter()
+            .filter(|(_, a)| a.paused)
+            .map(|((t, p), _)| (t.to_string(), *p))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Moves the position of an assigned partition.
@@ -384,13 +447,20 @@ impl Consumer {
     /// empty vector when none arrived). A fetch error is returned once the records fetched
     /// before it have been handed out.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
-        if let Some(e) = self.pending_error.take() {
-            return Err(e);
-        }
         if self.assigned.is_empty() {
             return Err(Error::Config(
                 "poll called with no partition assigned".into(),
             ));
+        }
+        self.poll_assigned(timeout).await
+    }
+
+    /// As [`poll`](Self::poll), but with nothing assigned it waits out the timeout (a group
+    /// member between assignments). Cancel-safe: nothing taken in is lost when the future is
+    /// dropped at its wait.
+    pub(crate) async fn poll_assigned(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        if let Some(e) = self.pending_error.take() {
+            return Err(e);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();

@@ -1,5 +1,6 @@
 //! Runnel's Rust client: a batching, pipelined, idempotent [`Producer`], a long-polling
-//! [`Consumer`], an [`Admin`] client for topics, and the benchmarks behind `runnel bench`.
+//! [`Consumer`], a consumer-group member ([`GroupConsumer`]), an [`Admin`] client for topics and
+//! groups, and the benchmarks behind `runnel bench`.
 //!
 //! Everything speaks the `runnel.v1` gRPC API of `runnel-proto`; record batches are built and
 //! read with `runnel-codec` (Kafka's RecordBatch v2).
@@ -9,6 +10,7 @@ pub mod bench;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod partitioner;
 pub mod producer;
 
@@ -17,6 +19,10 @@ pub use consumer::{
     AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, OffsetQuery, Partitions, StartOffset,
 };
 pub use error::{Error, Result};
+pub use group::{
+    GroupConsumer, GroupConsumerConfig, GroupDescription, GroupListing, RebalanceListener,
+    TopicPartition,
+};
 pub use producer::{
     Acks, DeliveryFuture, LatencyHistogram, Producer, ProducerConfig, ProducerRecord,
     RecordMetadata,

@@ -323,6 +323,15 @@ impl Broker for Service {
             producer_epoch: 0,
         }))
     }
+
+    async fn find_coordinator(
+        &self,
+        _: Request<runnel_proto::v1::FindCoordinatorRequest>,
+    ) -> Result<Response<runnel_proto::v1::FindCoordinatorResponse>, Status> {
+        Err(Status::unimplemented(
+            "this test broker coordinates no groups",
+        ))
+    }
 }
 
 /// Accepted connections; `serve_with_incoming` does not apply the builder's `tcp_nodelay`, so

@@ -1,4 +1,4 @@
-//! Runnel's wire contract: the `runnel.v1` gRPC services (`Broker`, `Admin`) and their messages.
+//! Runnel's wire contract: the `runnel.v1` gRPC services (`Broker`, `Groups`, `Admin`) and their messages.
 #![allow(
     missing_docs,
     unreachable_pub,

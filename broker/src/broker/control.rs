@@ -75,6 +75,35 @@ impl<S: Storage> Broker<S> {
         if !self.settings.standalone {
             return Err(BrokerError::NotController);
         }
+        if name == crate::groups::OFFSETS_TOPIC {
+            return Err(BrokerError::InvalidTopicName {
+                name: name.to_string(),
+                reason: "it is Runnel's internal topic of committed offsets, which the broker creates itself".into(),
+            });
+        }
+        self.create_topic_unchecked(name, partitions, replication_factor, config)
+    }
+
+    /// Standalone: creates an internal topic (`__consumer_offsets`).
+    pub fn create_internal_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: TopicConfig,
+    ) -> Result<TopicMetadata, BrokerError> {
+        if !self.settings.standalone {
+            return Err(BrokerError::NotController);
+        }
+        self.create_topic_unchecked(name, partitions, 1, config)
+    }
+
+    fn create_topic_unchecked(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i32,
+        config: TopicConfig,
+    ) -> Result<TopicMetadata, BrokerError> {
         metadata::validate_topic_name(name)?;
         metadata::validate_partition_count(partitions)?;
         if !(0..=1).contains(&replication_factor) {
@@ -108,6 +137,11 @@ impl<S: Storage> Broker<S> {
     pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         if !self.settings.standalone {
             return Err(BrokerError::NotController);
+        }
+        if name == crate::groups::OFFSETS_TOPIC {
+            return Err(BrokerError::InvalidRequest(format!(
+                "`{name}` is Runnel's internal topic of committed offsets and cannot be deleted; delete consumer groups instead (`runnel group delete`)"
+            )));
         }
         let _change = self.metadata_change.lock();
         let mut cluster = self.cluster_metadata();

@@ -56,6 +56,10 @@ pub struct BrokerSettings {
     pub flush_linger: Duration,
     /// Appender threads (see [`crate::appender`]).
     pub append_threads: usize,
+    /// Consumer-group timeouts and intervals.
+    pub groups: crate::groups::GroupSettings,
+    /// Partitions of `__consumer_offsets` when this broker creates it (standalone).
+    pub offsets_topic_partitions: i32,
 }
 
 /// How durable a produce must be before it is answered.
@@ -76,6 +80,17 @@ type Log<S> = Arc<PartitionLog<<S as Storage>::Log>>;
 struct MetadataView {
     cluster: ClusterMetadata,
     log_configs: HashMap<String, LogConfig>,
+}
+
+/// A shared view of the metadata a broker holds.
+#[derive(Debug, Clone)]
+pub struct MetadataRef(Arc<MetadataView>);
+
+impl std::ops::Deref for MetadataRef {
+    type Target = ClusterMetadata;
+    fn deref(&self) -> &ClusterMetadata {
+        &self.0.cluster
+    }
 }
 
 /// One broker.
@@ -262,6 +277,19 @@ impl<S: Storage> Broker<S> {
     /// The metadata this broker holds now.
     pub fn cluster_metadata(&self) -> ClusterMetadata {
         self.metadata.read().cluster.clone()
+    }
+
+    /// The metadata this broker holds now, without copying it.
+    pub fn cluster_metadata_view(&self) -> MetadataRef {
+        MetadataRef(self.metadata.read().clone())
+    }
+
+    /// The leader epoch of a partition in the metadata (-1 when unknown).
+    pub fn leader_epoch(&self, topic: &str, partition: i32) -> i32 {
+        let view = self.metadata.read();
+        find_topic(&view.cluster, topic)
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+            .map_or(-1, |p| p.leader_epoch)
     }
 
     /// The partition `topic`/`partition` if this broker leads it, with its log settings.

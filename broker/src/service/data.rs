@@ -3,6 +3,7 @@
 use super::status;
 use crate::broker::{now_ms, Acks, Broker, PendingAppend};
 use crate::error::BrokerError;
+use crate::groups::Coordinator;
 use crate::log::ReadOutcome;
 use crate::storage::Storage;
 use bytes::Bytes;
@@ -11,10 +12,10 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use runnel_proto::v1::broker_server::Broker as BrokerRpc;
 use runnel_proto::v1::{
-    self as pb, ErrorStatus, FetchRequest, FetchResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, OffsetSpec, PartitionOffset, ProduceRequest, ProduceResponse, RecordFormat,
-    RecordPlacement, SubscribeRequest,
+    self as pb, ErrorStatus, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetSpec, PartitionOffset,
+    ProduceRequest, ProduceResponse, RecordFormat, RecordPlacement, SubscribeRequest,
 };
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,12 +36,16 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct BrokerService<S: Storage> {
     broker: Arc<Broker<S>>,
+    coordinator: Arc<Coordinator<S>>,
 }
 
 impl<S: Storage> BrokerService<S> {
-    /// Serves `broker`.
-    pub fn new(broker: Arc<Broker<S>>) -> Self {
-        Self { broker }
+    /// Serves `broker`; `coordinator` answers FindCoordinator.
+    pub fn new(coordinator: Arc<Coordinator<S>>) -> Self {
+        Self {
+            broker: coordinator.broker().clone(),
+            coordinator,
+        }
     }
 }
 
@@ -67,6 +72,12 @@ struct Append {
 /// The appends a request makes: its own batches on one partition, or the batches the broker
 /// builds from plain records, one per partition they go to.
 fn plan<S: Storage>(broker: &Broker<S>, req: &ProduceRequest) -> Result<Vec<Append>, BrokerError> {
+    if req.topic == crate::groups::OFFSETS_TOPIC {
+        return Err(BrokerError::InvalidRequest(format!(
+            "`{}` is Runnel's internal topic of committed offsets: clients commit with Groups.CommitOffsets, they do not produce to it",
+            req.topic
+        )));
+    }
     let partition = req.partition.unwrap_or(0);
     let log_err = |p, e| BrokerError::log(&req.topic, p, crate::log::LogError::InvalidBatch(e));
     let size = req.batches.len()
@@ -337,6 +348,7 @@ impl<S: Storage> BrokerRpc for BrokerService<S> {
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_STREAM);
         let this = BrokerService {
             broker: self.broker.clone(),
+            coordinator: self.coordinator.clone(),
         };
         let mut shutdown = self.broker.shutdown_signal();
         tokio::spawn(async move {
@@ -589,6 +601,22 @@ impl<S: Storage> BrokerRpc for BrokerService<S> {
         Ok(Response::new(InitProducerIdResponse {
             producer_id: id,
             producer_epoch: i32::from(epoch),
+        }))
+    }
+
+    async fn find_coordinator(
+        &self,
+        request: Request<FindCoordinatorRequest>,
+    ) -> Result<Response<FindCoordinatorResponse>, Status> {
+        let req = request.into_inner();
+        let (broker, partition) = self
+            .coordinator
+            .find(&req.group_id)
+            .map_err(|e| status(&self.broker, "FindCoordinator", e))?;
+        Ok(Response::new(FindCoordinatorResponse {
+            broker_id: broker.id,
+            address: broker.address,
+            partition,
         }))
     }
 }

@@ -2,9 +2,11 @@
 
 mod admin;
 mod data;
+mod groups;
 
 pub use admin::AdminService;
 pub use data::BrokerService;
+pub use groups::GroupsService;
 
 use crate::broker::Broker;
 use crate::error::BrokerError;

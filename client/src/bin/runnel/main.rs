@@ -2,6 +2,7 @@
 //! consumer, offsets, benchmarks). Output is for people by default, `--output json` for scripts.
 
 mod format;
+mod group;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -62,6 +63,9 @@ enum Command {
     Consume(ConsumeArgs),
     /// Offsets of a topic's partitions: earliest, latest or at a time.
     Offsets(OffsetsArgs),
+    /// List, describe, reset the offsets of, and delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -148,6 +152,20 @@ struct ConsumeArgs {
     /// Print the key before the value, separated by a tab.
     #[arg(long)]
     print_key: bool,
+    /// Consume as a member of this consumer group: the group's coordinator assigns the
+    /// partitions, and offsets are committed (from the committed offset on a restart;
+    /// --from-beginning applies to partitions without one).
+    #[arg(long, conflicts_with_all = ["offset", "partition"])]
+    group: Option<String>,
+    /// With --group: the member is removed when silent this long (default: the broker's).
+    #[arg(long, requires = "group")]
+    session_timeout_ms: Option<u64>,
+    /// With --group: how often offsets are committed automatically.
+    #[arg(long, requires = "group", default_value_t = 5000)]
+    auto_commit_interval_ms: u64,
+    /// With --group: the client id shown by `runnel group describe`.
+    #[arg(long, requires = "group", default_value = "runnel-cli")]
+    client_id: String,
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +298,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Produce(args) => produce(bootstrap, output, args).await,
         Command::Consume(args) => consume(bootstrap, output, args).await,
         Command::Offsets(args) => offsets(bootstrap, output, args).await,
+        Command::Group(cmd) => group::run(bootstrap, output, cmd).await,
         Command::Bench(cmd) => bench(bootstrap, output, cmd).await,
     }
 }
@@ -499,13 +518,71 @@ async fn produce(bootstrap: &str, output: Output, args: ProduceArgs) -> Result<(
     Ok(())
 }
 
+/// How consumed records are printed.
+struct Printer {
+    template: Option<Template>,
+    output: Output,
+    print_key: bool,
+    buf: Vec<u8>,
+}
+
+impl Printer {
+    fn new(output: Output, args: &ConsumeArgs) -> Result<Self> {
+        let template = args
+            .format
+            .as_deref()
+            .map(Template::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        Ok(Printer {
+            template,
+            output,
+            print_key: args.print_key,
+            buf: Vec::with_capacity(1 << 16),
+        })
+    }
+
+    /// Prints up to `room` of `records`; returns how many.
+    fn print(&mut self, records: &[runnel_client::ConsumerRecord], room: u64) -> Result<u64> {
+        self.buf.clear();
+        let mut printed = 0;
+        for r in records {
+            if printed >= room {
+                break;
+            }
+            match (&self.template, self.output) {
+                (Some(t), _) => t.render(r, &mut self.buf),
+                (None, Output::Json) => serde_json::to_writer(&mut self.buf, &record_json(r))?,
+                (None, Output::Human) => {
+                    if self.print_key {
+                        self.buf
+                            .extend_from_slice(r.key.as_deref().unwrap_or(b"null"));
+                        self.buf.push(b'\t');
+                    }
+                    self.buf
+                        .extend_from_slice(r.value.as_deref().unwrap_or(b"null"));
+                }
+            }
+            self.buf.push(b'\n');
+            printed += 1;
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(&self.buf)?;
+        out.flush()?;
+        Ok(printed)
+    }
+
+    /// Whether the closing count goes to stderr.
+    fn summary(&self) -> bool {
+        self.output == Output::Human && self.template.is_none()
+    }
+}
+
 async fn consume(bootstrap: &str, output: Output, args: ConsumeArgs) -> Result<()> {
-    let template = args
-        .format
-        .as_deref()
-        .map(Template::parse)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    if args.group.is_some() {
+        return group::consume(bootstrap, output, args).await;
+    }
+    let mut printer = Printer::new(output, &args)?;
     let mut consumer = Consumer::connect(bootstrap).await?;
     let start = match (args.from_beginning, args.offset) {
         (_, Some(o)) => StartOffset::Offset(o),
@@ -519,7 +596,6 @@ async fn consume(bootstrap: &str, output: Output, args: ConsumeArgs) -> Result<(
     let poll_wait = timeout.unwrap_or(Duration::from_secs(3600));
     let max = args.max_messages.unwrap_or(u64::MAX);
     let mut printed: u64 = 0;
-    let mut buf = Vec::with_capacity(1 << 16);
     while printed < max {
         let records = consumer.poll(poll_wait).await?;
         if records.is_empty() {
@@ -528,30 +604,9 @@ async fn consume(bootstrap: &str, output: Output, args: ConsumeArgs) -> Result<(
             }
             continue;
         }
-        buf.clear();
-        for r in &records {
-            if printed >= max {
-                break;
-            }
-            match (&template, output) {
-                (Some(t), _) => t.render(r, &mut buf),
-                (None, Output::Json) => serde_json::to_writer(&mut buf, &record_json(r))?,
-                (None, Output::Human) => {
-                    if args.print_key {
-                        buf.extend_from_slice(r.key.as_deref().unwrap_or(b"null"));
-                        buf.push(b'\t');
-                    }
-                    buf.extend_from_slice(r.value.as_deref().unwrap_or(b"null"));
-                }
-            }
-            buf.push(b'\n');
-            printed += 1;
-        }
-        let mut out = std::io::stdout().lock();
-        out.write_all(&buf)?;
-        out.flush()?;
+        printed += printer.print(&records, max - printed)?;
     }
-    if output == Output::Human && template.is_none() {
+    if printer.summary() {
         eprintln!("consumed {printed} records from {}", args.topic);
     }
     Ok(())
