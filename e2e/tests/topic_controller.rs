@@ -236,6 +236,191 @@ fn keyed_lines(n: usize, prefix: &str) -> String {
         .collect()
 }
 
+/// A `runnel consume --group` process, stopped with SIGTERM (it commits and leaves) on drop.
+struct GroupMember(Child);
+
+impl GroupMember {
+    fn start(bootstrap: &str, group: &str, client_id: &str) -> anyhow::Result<Self> {
+        let binary = binary_next_to_tests("runnel")?;
+        let child = Command::new(&binary)
+            .args([
+                "--bootstrap",
+                bootstrap,
+                "consume",
+                "orders",
+                "--group",
+                group,
+            ])
+            .args(["--from-beginning", "--client-id", client_id])
+            .args(["--auto-commit-interval-ms", "200"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(GroupMember(child))
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        let pid = i32::try_from(self.0.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .context("pid")?;
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let began = Instant::now();
+        while self.0.try_wait()?.is_none() {
+            ensure!(
+                began.elapsed() < Duration::from_secs(20),
+                "the member did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn has_event(cp: &ControlPlane, reason: &str) -> anyhow::Result<bool> {
+    let events = ok(cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--field-selector",
+        &format!("reason={reason},involvedObject.kind=ConsumerGroup"),
+        "-o",
+        "name",
+    ]))?;
+    Ok(!events.trim().is_empty())
+}
+
+/// A ConsumerGroup on `orders` (which holds 300 records): its lag before anyone consumes, with
+/// `LagHigh` and an Event; a member consuming everything (Stable, its partitions, lag 0, the
+/// same committed offsets as `runnel group describe`, `LagHigh` cleared); a reset refused
+/// while the member runs and performed once it left, after which a new member reads the 300
+/// records again; the lag on the operator's `/metrics` under the Kafka exporters' names.
+fn consumer_group_status(
+    cp: &ControlPlane,
+    operator: &Operator,
+    bootstrap: &str,
+) -> anyhow::Result<()> {
+    ok(cp.apply(&format!(
+        "apiVersion: runnel.dev/v1alpha1
+kind: ConsumerGroup
+metadata:
+  name: order-processors
+  namespace: {NAMESPACE}
+spec:
+  cluster: events
+  topic: orders
+  lagThreshold: 100
+"
+    )))?;
+    let group = || -> anyhow::Result<Value> {
+        get(cp, "consumergroups.runnel.dev", "order-processors")?.context("ConsumerGroup")
+    };
+    wait_for("the unread topic as lag, LagHigh", operator, || {
+        let g = group()?;
+        let s = &g["status"];
+        let high = condition(&g, "LagHigh").is_some_and(|c| c["status"] == "True");
+        if s["state"] != "Dead" || s["totalLag"] != 300 || !high || !has_event(cp, "LagHigh")? {
+            return Ok(Some(format!("status: {s}")));
+        }
+        Ok(None)
+    })?;
+
+    let mut member = GroupMember::start(bootstrap, "order-processors", "e2e-consumer")?;
+    wait_for(
+        "Stable, one member, lag 0, LagHigh cleared",
+        operator,
+        || {
+            let g = group()?;
+            let s = &g["status"];
+            let cleared = condition(&g, "LagHigh").is_some_and(|c| c["status"] == "False");
+            if s["state"] != "Stable" || s["memberCount"] != 1 || s["totalLag"] != 0 || !cleared {
+                return Ok(Some(format!("status: {s}")));
+            }
+            let m = &s["members"][0];
+            ensure!(m["clientId"] == "e2e-consumer", "{m}");
+            ensure!(m["partitions"] == serde_json::json!([0, 1, 2]), "{m}");
+            // What `runnel group describe` says, partition by partition.
+            let described =
+                runnel_json(bootstrap, &["group", "describe", "order-processors"], None)?;
+            for p in s["partitions"].as_array().context("partitions")? {
+                let theirs = described["partitions"]
+                    .as_array()
+                    .and_then(|all| all.iter().find(|d| d["partition"] == p["partition"]))
+                    .with_context(|| format!("partition {} in {described}", p["partition"]))?;
+                if p["committedOffset"] != theirs["committed_offset"] || p["lag"] != theirs["lag"] {
+                    return Ok(Some(format!("status {p} vs describe {theirs}")));
+                }
+            }
+            Ok((!has_event(cp, "LagRecovered")?).then(|| "no LagRecovered Event".to_string()))
+        },
+    )?;
+    let (_, metrics) = operator.http_get("/metrics")?;
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kafka_consumergroup_lag{")
+                && l.contains("consumergroup=\"order-processors\"")
+                && l.contains("topic=\"orders\"")),
+        "no kafka_consumergroup_lag on /metrics:\n{metrics}"
+    );
+
+    // A reset while the member runs waits, saying why; once the member left, it is made.
+    merge_patch(
+        cp,
+        NAMESPACE,
+        "consumergroups.runnel.dev",
+        "order-processors",
+        r#"{"spec":{"resetOffsets":{"to":"earliest"}}}"#,
+    )?;
+    wait_for("the reset refused while the member runs", operator, || {
+        let g = group()?;
+        Ok(match condition(&g, "OffsetsReset") {
+            Some(c) if c["status"] == "False" && c["reason"] == "MembersActive" => None,
+            _ => Some(format!("status: {}", g["status"])),
+        })
+    })?;
+    member.stop()?;
+    wait_for("the reset made once the group is empty", operator, || {
+        let g = group()?;
+        let s = &g["status"];
+        let done = condition(&g, "OffsetsReset").is_some_and(|c| c["status"] == "True");
+        Ok(
+            (!(done && s["totalLag"] == 300 && s["appliedResetOffsets"]["to"] == "earliest"))
+                .then(|| format!("status: {s}")),
+        )
+    })?;
+    let again = Command::new(binary_next_to_tests("runnel")?)
+        .args([
+            "--bootstrap",
+            bootstrap,
+            "consume",
+            "orders",
+            "--group",
+            "order-processors",
+        ])
+        .args(["--max-messages", "300", "--timeout-ms", "10000"])
+        .output()?;
+    let lines = String::from_utf8_lossy(&again.stdout).lines().count();
+    ensure!(
+        again.status.success() && lines == 300,
+        "after the reset the group read {lines} records: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    Ok(())
+}
+
 #[test]
 fn topic_lifecycle_against_real_brokers() -> anyhow::Result<()> {
     let began = Instant::now();
@@ -248,6 +433,7 @@ fn topic_lifecycle_against_real_brokers() -> anyhow::Result<()> {
         "--timeout=60s",
         "crd/clusters.runnel.dev",
         "crd/topics.runnel.dev",
+        "crd/consumergroups.runnel.dev",
     ]))?;
     ok(cp.kubectl(&["create", "namespace", NAMESPACE]))?;
     let operator = Operator::start(&cp, &["--status-interval", "1s"])?;
@@ -428,6 +614,8 @@ spec:
         let described = runnel_json(&bootstrap, &["topic", "describe", "orders"], None)?;
         Ok(status_matches_brokers(status, &described))
     })?;
+
+    consumer_group_status(&cp, &operator, &bootstrap)?;
 
     // Producer ids: the operator hands every broker a block of its own (recorded in the
     // Cluster's status first), and each broker's InitProducerId answers from its block.

@@ -150,6 +150,22 @@ pub struct ClusterStatus {
     /// Recorded before a block is sent, so that no id is handed out twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub producer_id_block_end: Option<i64>,
+    /// Runnel's own topics, which have no Topic resource: `__consumer_offsets` (the committed
+    /// offsets of consumer groups), placed like Topics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub internal_topics: Vec<InternalTopicStatus>,
+}
+
+/// One of Runnel's own topics, as the operator placed it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InternalTopicStatus {
+    /// The topic's name.
+    pub name: String,
+    /// One entry per partition: leader, replicas, ISR, offsets.
+    #[serde(default)]
+    pub partitions: Vec<PartitionStatus>,
 }
 
 /// The producer ids one broker hands out: `firstId` to `firstId + count - 1`.
@@ -396,6 +412,7 @@ pub struct TopicTotals {
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster", priority = "1"),
     printcolumn(name = "Topic", type_ = "string", json_path = ".spec.topic"),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Members", type_ = "integer", json_path = ".status.memberCount"),
     printcolumn(name = "Lag", type_ = "integer", json_path = ".status.totalLag", description = "Records not yet consumed, over all partitions"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("has(self.spec.groupId) || self.metadata.name.size() <= 255").message("metadata.name is longer than a group id may be (255 characters): set spec.groupId"),
@@ -477,7 +494,8 @@ pub enum GroupState {
     Reconciling,
     /// Every member has its assignment.
     Stable,
-    /// The group is being removed.
+    /// No members and no committed offsets: the group does not exist at its coordinator (yet,
+    /// or any more), as Kafka reports it.
     Dead,
 }
 
@@ -497,7 +515,14 @@ pub struct ConsumerGroupStatus {
     pub state: Option<GroupState>,
     /// Number of members.
     #[serde(default)]
-    pub members: i32,
+    pub member_count: i32,
+    /// The members, with the partitions of the topic each consumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["memberId".into()]))]
+    pub members: Vec<GroupMemberStatus>,
+    /// The last `spec.resetOffsets` performed (a reset is performed once per change of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_reset_offsets: Option<ResetOffsets>,
     /// One entry per partition of the topic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["partition".into()]))]
@@ -505,6 +530,23 @@ pub struct ConsumerGroupStatus {
     /// Sum of the partitions' lag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_lag: Option<i64>,
+}
+
+/// A member of a consumer group.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupMemberStatus {
+    /// The id the coordinator gave it.
+    pub member_id: String,
+    /// Its client id.
+    #[serde(default)]
+    pub client_id: String,
+    /// The host it runs on.
+    #[serde(default)]
+    pub host: String,
+    /// The partitions of the topic it consumes.
+    #[serde(default)]
+    pub partitions: Vec<i32>,
 }
 
 /// The group's position in one partition.
@@ -757,7 +799,7 @@ mod tests {
             ["Cluster", "Partitions", "Replicas", "Ready", "Age"]
         );
         assert_eq!(columns(&cluster), ["Brokers", "Ready", "Age"]);
-        assert_eq!(columns(&group), ["Topic", "State", "Lag", "Age"]);
+        assert_eq!(columns(&group), ["Topic", "State", "Members", "Lag", "Age"]);
         for (crd, short) in [(&cluster, "rc"), (&topic, "rt"), (&group, "rcg")] {
             assert_eq!(crd.spec.group, GROUP);
             assert_eq!(crd.spec.scope, "Namespaced");

@@ -19,8 +19,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::Api;
 use prometheus_client::registry::Registry;
-use runnel_operator::controller::{cluster, metadata, topic, Context};
-use runnel_operator::crd::{Cluster, Topic};
+use runnel_operator::controller::{cluster, group, metadata, topic, Context};
+use runnel_operator::crd::{Cluster, ConsumerGroup, Topic};
 use runnel_operator::lease::LeaderElection;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -312,9 +312,22 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .graceful_shutdown_on(stopped())
-        .run(topic::reconcile, topic::error_policy, ctx)
+        .run(topic::reconcile, topic::error_policy, ctx.clone())
         .for_each(|r| log_result("Topic", r));
-    tokio::join!(cluster_controller, metadata_controller, topic_controller);
+    // ConsumerGroups are refreshed on a timer (their lag moves without any object changing).
+    let group_controller = Controller::new(
+        Api::<ConsumerGroup>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stopped())
+    .run(group::reconcile, group::error_policy, ctx)
+    .for_each(|r| log_result("ConsumerGroup", r));
+    tokio::join!(
+        cluster_controller,
+        metadata_controller,
+        topic_controller,
+        group_controller
+    );
     tracing::info!("controllers stopped");
     leader_gauge.set(0);
     renewer.abort();

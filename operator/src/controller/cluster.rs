@@ -548,6 +548,7 @@ pub fn status(
         metadata_epoch: None,
         producer_id_blocks: Vec::new(),
         producer_id_block_end: None,
+        internal_topics: Vec::new(),
     }
 }
 
@@ -655,6 +656,8 @@ async fn apply_cluster(cluster: &Cluster, ctx: &Context) -> Result<Action, Error
             .items
             .into_iter()
             .filter(|t| t.spec.cluster == name && t.metadata.deletion_timestamp.is_none())
+            // Runnel's own topics (committed offsets) hold the scale-down as Topics do.
+            .chain(super::metadata::internal_topics(cluster))
             .collect();
         findings.scale_down_blockers = scale_down_blockers(replicas, &topics);
         if !findings.scale_down_blockers.is_empty() {

@@ -44,6 +44,68 @@ const PRODUCER_IDS_MANAGER: &str = "runnel-operator-producer-ids";
 /// The controller's name in metrics and logs.
 const CONTROLLER: &str = "Metadata";
 
+/// Runnel's internal topic of committed offsets, as the brokers name it.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Its partitions (Kafka's default `offsets.topic.num.partitions`).
+pub const OFFSETS_TOPIC_PARTITIONS: i32 = 50;
+/// Field manager of the internal topics' placement in the Cluster's status.
+const INTERNAL_TOPICS_MANAGER: &str = "runnel-operator-internal-topics";
+
+/// The Cluster's internal topics as Topics that exist only in memory (never in the API), so
+/// that they are placed like any other; their placement so far comes from the Cluster's
+/// status. One copy per partition: with replication, `min(3, brokers)` as Kafka's
+/// `offsets.topic.replication.factor`.
+pub fn internal_topics(cluster: &Cluster) -> Vec<Topic> {
+    let mut t = Topic::new(
+        OFFSETS_TOPIC,
+        crate::crd::TopicSpec {
+            cluster: cluster.name_any(),
+            partitions: OFFSETS_TOPIC_PARTITIONS,
+            replicas: 1,
+            topic_name: None,
+            config: TopicConfig {
+                cleanup_policy: Some(CleanupPolicy::Compact),
+                retention_ms: Some(-1),
+                retention_bytes: Some(-1),
+                ..TopicConfig::default()
+            },
+        },
+    );
+    t.status = cluster
+        .status
+        .iter()
+        .flat_map(|s| &s.internal_topics)
+        .find(|i| i.name == OFFSETS_TOPIC)
+        .map(|i| TopicStatus {
+            topic_name: Some(OFFSETS_TOPIC.into()),
+            partitions: i.partitions.clone(),
+            ..TopicStatus::default()
+        });
+    vec![t]
+}
+
+/// The placement of an internal topic for the Cluster's status: leaders, replicas and ISR,
+/// without the offsets, which change with every commit.
+pub fn internal_status(name: &str, plans: &[Plan]) -> crate::crd::InternalTopicStatus {
+    crate::crd::InternalTopicStatus {
+        name: name.to_string(),
+        partitions: plans
+            .iter()
+            .zip(0..)
+            .map(|(plan, p)| PartitionStatus {
+                partition: p,
+                leader: (plan.leader >= 0).then_some(plan.leader),
+                leader_epoch: Some(plan.leader_epoch),
+                replicas: plan.replicas.clone(),
+                isr: plan.isr.clone(),
+                adding_replicas: plan.adding.clone(),
+                removing_replicas: plan.removing.clone(),
+                ..PartitionStatus::default()
+            })
+            .collect(),
+    }
+}
+
 /// The topic's name in the cluster: `spec.topicName`, else `metadata.name`.
 pub fn topic_name(topic: &Topic) -> String {
     topic
@@ -225,7 +287,11 @@ pub fn decide(
     for topic in topics {
         let name = topic_name(topic);
         let resource = topic.name_any();
-        let error = if topic.spec.replicas > size {
+        let error = if name == OFFSETS_TOPIC && resource != OFFSETS_TOPIC {
+            Some(format!(
+                "`{OFFSETS_TOPIC}` is Runnel's internal topic of committed offsets, which the operator places itself: choose another topicName"
+            ))
+        } else if topic.spec.replicas > size {
             Some(format!(
                 "replicas is {} but Cluster `{}` has {} brokers",
                 topic.spec.replicas,
@@ -667,7 +733,13 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
     let (mut holdings, connections) = observe(&brokers).await;
     let infos: Vec<pb::BrokerInfo> = brokers.iter().map(|(b, _)| b.clone()).collect();
     let mut reports = Reports::new(&holdings);
-    let mut decision = decide(cluster, &infos, &active, &reports);
+    // The Topics, then the internal topics (last, so that they never move a Topic).
+    let placed: Vec<Topic> = active
+        .iter()
+        .cloned()
+        .chain(internal_topics(cluster))
+        .collect();
+    let mut decision = decide(cluster, &infos, &placed, &reports);
 
     // Producer id blocks: a new one for a broker that has none or has used half of its own,
     // recorded in the Cluster's status before any broker gets it.
@@ -767,11 +839,26 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
     }
 
     let now = Timestamp::now();
-    for (topic, d) in active.iter().zip(&decision.topics) {
+    // `decision.topics` follows `placed`: the Topics first, then the internal topics.
+    let (for_topics, for_internal) = decision
+        .topics
+        .split_at(active.len().min(decision.topics.len()));
+    for (topic, d) in active.iter().zip(for_topics) {
         let status = topic_status(topic, d, &reports, now);
         if topic.status.as_ref() != Some(&status) {
             apply_status(&topics_api, &topic.name_any(), &status, FIELD_MANAGER).await?;
         }
+    }
+    let internal: Vec<crate::crd::InternalTopicStatus> = for_internal
+        .iter()
+        .filter(|d| d.error.is_none())
+        .map(|d| internal_status(&d.name, &d.plans))
+        .collect();
+    let held_internal = cluster.status.as_ref().map(|s| &s.internal_topics);
+    if !internal.is_empty() && held_internal != Some(&internal) {
+        let clusters: Api<Cluster> = Api::namespaced(client.clone(), &namespace);
+        let status = serde_json::json!({ "internalTopics": internal });
+        apply_status(&clusters, &name, status, INTERNAL_TOPICS_MANAGER).await?;
     }
 
     if cluster.status.as_ref().and_then(|s| s.metadata_epoch) != Some(epoch) && epoch > 0 {

@@ -3,6 +3,7 @@
 //! [`Error::metric_label`], and a module per kind with a `reconcile` and an `error_policy`.
 
 pub mod cluster;
+pub mod group;
 pub mod metadata;
 pub mod topic;
 
@@ -13,6 +14,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -132,6 +134,26 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// Labels of a consumer group's partition, as the Kafka exporters name them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupPartitionLabels {
+    /// The group id.
+    pub consumergroup: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: String,
+}
+
+/// Labels of a topic's partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicPartitionLabels {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: String,
+}
+
 /// The operator's Prometheus metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -141,6 +163,13 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     /// How long reconciliations take, in seconds.
     pub duration: Family<ControllerLabels, Histogram>,
+    /// `kafka_consumergroup_lag`: per ConsumerGroup and partition.
+    pub group_lag: Family<GroupPartitionLabels, Gauge>,
+    /// `kafka_consumergroup_current_offset`: the committed offset.
+    pub group_offset: Family<GroupPartitionLabels, Gauge>,
+    /// `kafka_topic_partition_current_offset`: the log end offset of the partitions that
+    /// ConsumerGroups read.
+    pub partition_offset: Family<TopicPartitionLabels, Gauge>,
 }
 
 impl Metrics {
@@ -152,7 +181,26 @@ impl Metrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 12))
             }),
+            group_lag: Family::default(),
+            group_offset: Family::default(),
+            partition_offset: Family::default(),
         };
+        // Named as the Kafka exporters name them, so that dashboards and alerts carry over.
+        registry.register(
+            "kafka_consumergroup_lag",
+            "Records of a partition the consumer group has not committed yet",
+            metrics.group_lag.clone(),
+        );
+        registry.register(
+            "kafka_consumergroup_current_offset",
+            "The consumer group's committed offset of a partition",
+            metrics.group_offset.clone(),
+        );
+        registry.register(
+            "kafka_topic_partition_current_offset",
+            "The log end offset (high watermark) of a partition",
+            metrics.partition_offset.clone(),
+        );
         let registry = registry.sub_registry_with_prefix("runnel_operator");
         registry.register(
             "reconciliations",
@@ -182,6 +230,27 @@ impl Metrics {
         ReconcileTimer {
             histogram: self.duration.get_or_create(&labels).clone(),
             start: std::time::Instant::now(),
+        }
+    }
+
+    /// Records a ConsumerGroup's lag and offsets.
+    pub fn record_group(&self, group: &str, topic: &str, status: &crate::crd::ConsumerGroupStatus) {
+        for p in &status.partitions {
+            let labels = GroupPartitionLabels {
+                consumergroup: group.to_string(),
+                topic: topic.to_string(),
+                partition: p.partition.to_string(),
+            };
+            self.group_lag.get_or_create(&labels).set(p.lag);
+            if let Some(c) = p.committed_offset {
+                self.group_offset.get_or_create(&labels).set(c);
+            }
+            self.partition_offset
+                .get_or_create(&TopicPartitionLabels {
+                    topic: topic.to_string(),
+                    partition: p.partition.to_string(),
+                })
+                .set(p.log_end_offset);
         }
     }
 
