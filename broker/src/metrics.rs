@@ -35,6 +35,9 @@ pub struct ErrorLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    group_lag: Family<GroupPartitionLabels, Gauge>,
+    group_offset: Family<GroupPartitionLabels, Gauge>,
+    partition_offset: Family<PartitionLabels, Gauge>,
     produced_records: Family<TopicLabels, Counter>,
     produced_bytes: Family<TopicLabels, Counter>,
     fetched_bytes: Family<TopicLabels, Counter>,
@@ -62,7 +65,28 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("runnel_broker");
+        let mut root = Registry::default();
+        // Consumer-group metrics under the names the Kafka exporters use, so that existing
+        // dashboards and alerts carry over.
+        let group_lag = Family::<GroupPartitionLabels, Gauge>::default();
+        let group_offset = Family::<GroupPartitionLabels, Gauge>::default();
+        let partition_offset = Family::<PartitionLabels, Gauge>::default();
+        root.register(
+            "kafka_consumergroup_lag",
+            "Records of a partition the consumer group has not committed yet (groups this broker coordinates, partitions it leads)",
+            group_lag.clone(),
+        );
+        root.register(
+            "kafka_consumergroup_current_offset",
+            "The consumer group's committed offset of a partition (groups this broker coordinates)",
+            group_offset.clone(),
+        );
+        root.register(
+            "kafka_topic_partition_current_offset",
+            "The high watermark of a partition this broker leads",
+            partition_offset.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("runnel_broker");
         let produced_records = Family::<TopicLabels, Counter>::default();
         let produced_bytes = Family::<TopicLabels, Counter>::default();
         let fetched_bytes = Family::<TopicLabels, Counter>::default();
@@ -128,7 +152,10 @@ impl Default for Metrics {
             offline_partitions.clone(),
         );
         Self {
-            registry,
+            registry: root,
+            group_lag,
+            group_offset,
+            partition_offset,
             produced_records,
             produced_bytes,
             fetched_bytes,
@@ -147,7 +174,57 @@ impl Default for Metrics {
     }
 }
 
+/// Labels of a consumer group's partition, as the Kafka exporters name them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupPartitionLabels {
+    /// The group id.
+    pub consumergroup: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: String,
+}
+
+/// Labels of a topic's partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: String,
+}
+
 impl Metrics {
+    /// Replaces the consumer-group and partition offset gauges: `partitions` are (topic,
+    /// partition, high watermark) of the partitions led here, `groups` (group, topic,
+    /// partition, committed offset) of the groups coordinated here.
+    pub fn set_offsets(&self, partitions: &[(String, i32, i64)], groups: &[(String, String, i32, i64)]) {
+        let hw: std::collections::HashMap<(&str, i32), i64> =
+            partitions.iter().map(|(t, p, h)| ((t.as_str(), *p), *h)).collect();
+        self.partition_offset.clear();
+        for (topic, p, h) in partitions {
+            self.partition_offset
+                .get_or_create(&PartitionLabels {
+                    topic: topic.clone(),
+                    partition: p.to_string(),
+                })
+                .set(*h);
+        }
+        self.group_offset.clear();
+        self.group_lag.clear();
+        for (group, topic, p, committed) in groups {
+            let labels = GroupPartitionLabels {
+                consumergroup: group.clone(),
+                topic: topic.clone(),
+                partition: p.to_string(),
+            };
+            self.group_offset.get_or_create(&labels).set(*committed);
+            if let Some(h) = hw.get(&(topic.as_str(), *p)) {
+                self.group_lag.get_or_create(&labels).set((h - committed).max(0));
+            }
+        }
+    }
+
     /// Counts an append.
     pub fn record_produce(&self, topic: &str, records: u64, bytes: u64) {
         let l = TopicLabels {

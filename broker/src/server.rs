@@ -36,6 +36,8 @@ const RESTART_GRACE: Duration = Duration::from_millis(200);
 
 /// How often group members are checked for expired sessions.
 const GROUP_EXPIRY_INTERVAL: Duration = Duration::from_millis(200);
+/// The offset and lag metrics are refreshed every this many expiry checks (a second).
+const METRICS_EVERY_EXPIRIES: u64 = 5;
 
 /// How long in-flight requests get to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -121,9 +123,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let expiring = coordinator.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(GROUP_EXPIRY_INTERVAL);
-        loop {
+        for n in 0u64.. {
             tick.tick().await;
             expiring.expire();
+            if n % METRICS_EVERY_EXPIRIES == 0 {
+                expiring.update_metrics();
+            }
         }
     });
     // The cleaner: compacted topics, off the produce path.

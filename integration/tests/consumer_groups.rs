@@ -559,6 +559,23 @@ async fn resets_and_deletes_need_an_empty_group() -> anyhow::Result<()> {
     assert!(status.success(), "{err}");
     let d = describe(&addr, "r")?;
     assert_eq!(d["partitions"][1]["committed_offset"], 70, "{d}");
+    // The broker's /metrics, under the Kafka exporters' names.
+    let hw = d["partitions"][1]["log_end_offset"].as_i64().unwrap_or(-1);
+    let want = [
+        format!("kafka_consumergroup_current_offset{{consumergroup=\"r\",topic=\"orders\",partition=\"1\"}} 70"),
+        format!("kafka_consumergroup_lag{{consumergroup=\"r\",topic=\"orders\",partition=\"1\"}} {}", hw - 70),
+        format!("kafka_topic_partition_current_offset{{topic=\"orders\",partition=\"1\"}} {hw}"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = runnel_integration::http_get(&broker.metrics_address, "/metrics").await?;
+        let missing: Vec<&String> = want.iter().filter(|w| !metrics.lines().any(|l| l == w.as_str())).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "missing on /metrics: {missing:?}\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // With a member, a reset and a delete are refused, saying why.
     let member = g.heartbeat(join("r", 10_000)).await?.into_inner();

@@ -727,19 +727,49 @@ impl<S: Storage> Coordinator<S> {
         removed
     }
 
-    /// For metrics: each group's committed offsets, for the groups coordinated here.
-    pub fn committed_offsets(&self) -> Vec<(String, TopicPartition, i64)> {
-        let shards: Vec<Arc<Mutex<Shard>>> = self.shards.lock().values().cloned().collect();
-        let mut out = Vec::new();
-        for shard in shards {
-            let s = shard.lock();
-            for (g, offsets) in &s.offsets {
-                for (tp, c) in offsets {
-                    out.push((g.clone(), tp.clone(), c.offset));
+    /// Sets the offset metrics: the high watermark of every partition led here (internal
+    /// ones aside), and the committed offsets (and, for partitions led here, the lag) of every
+    /// group coordinated here.
+    pub fn update_metrics(&self) {
+        let me = self.broker.settings().broker_id;
+        let md = self.broker.cluster_metadata_view();
+        let led: BTreeSet<(&str, i32)> = md
+            .topics
+            .iter()
+            .filter(|t| t.name != OFFSETS_TOPIC)
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|p| p.leader == me)
+                    .map(move |p| (t.name.as_str(), p.partition))
+            })
+            .collect();
+        let partitions: Vec<(String, i32, i64)> = self
+            .broker
+            .held_logs()
+            .into_iter()
+            .filter(|((t, p), _)| led.contains(&(t.as_str(), *p)))
+            .map(|((t, p), log)| (t, p, log.summary().high_watermark))
+            .collect();
+        // Groups with offsets show up without waiting for a group call to load their partition.
+        if find_topic(&md, OFFSETS_TOPIC).is_some() {
+            for p in self.led_partitions() {
+                if let Err(e) = self.shard(p) {
+                    tracing::debug!(partition = p, error = %e, "offsets partition not loaded");
                 }
             }
         }
-        out
+        let shards: Vec<Arc<Mutex<Shard>>> = self.shards.lock().values().cloned().collect();
+        let mut groups = Vec::new();
+        for shard in shards {
+            let s = shard.lock();
+            for (g, offsets) in &s.offsets {
+                for ((t, p), c) in offsets {
+                    groups.push((g.clone(), t.clone(), *p, c.offset));
+                }
+            }
+        }
+        self.broker.metrics().set_offsets(&partitions, &groups);
     }
 }
 

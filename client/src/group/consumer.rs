@@ -124,7 +124,9 @@ pub struct GroupConsumer {
     owned: BTreeSet<TopicPartition>,
     /// The membership version applied.
     applied: u64,
-    listener: Option<Box<dyn RebalanceListener>>,
+    /// In a mutex only so that the consumer is `Sync` (and its futures `Send`) whatever the
+    /// listener is; it is reached through `&mut self`.
+    listener: std::sync::Mutex<Option<Box<dyn RebalanceListener>>>,
     /// Positions committed last, to skip commits that change nothing.
     committed: BTreeMap<TopicPartition, i64>,
     /// When offsets were last committed.
@@ -172,7 +174,7 @@ impl GroupConsumer {
             heartbeat: None,
             owned: BTreeSet::new(),
             applied: 0,
-            listener: None,
+            listener: std::sync::Mutex::new(None),
             committed: BTreeMap::new(),
             last_commit: Instant::now(),
         })
@@ -180,7 +182,14 @@ impl GroupConsumer {
 
     /// Sets the listener told of revoked, assigned and lost partitions.
     pub fn set_rebalance_listener(&mut self, listener: Box<dyn RebalanceListener>) {
-        self.listener = Some(listener);
+        *self.listener_mut() = Some(listener);
+    }
+
+    fn listener_mut(&mut self) -> &mut Option<Box<dyn RebalanceListener>> {
+        // A listener that panicked leaves the lock poisoned; its state is the listener's own.
+        self.listener
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Joins the group consuming `topics` (replacing an earlier subscription).
@@ -319,7 +328,7 @@ impl GroupConsumer {
                     "fenced by the coordinator: partitions lost, joining again");
                 self.consumer.unassign_partitions(&lost);
                 self.owned.clear();
-                if let Some(l) = self.listener.as_mut() {
+                if let Some(l) = self.listener_mut().as_mut() {
                     l.on_partitions_lost(&lost);
                 }
             }
@@ -334,7 +343,7 @@ impl GroupConsumer {
                         "committing revoked partitions failed");
                 }
             }
-            if let Some(l) = self.listener.as_mut() {
+            if let Some(l) = self.listener_mut().as_mut() {
                 l.on_partitions_revoked(&revoked);
             }
             self.consumer.unassign_partitions(&revoked);
@@ -347,7 +356,7 @@ impl GroupConsumer {
         if !added.is_empty() {
             self.start_partitions(&added).await?;
             self.owned.extend(added.iter().cloned());
-            if let Some(l) = self.listener.as_mut() {
+            if let Some(l) = self.listener_mut().as_mut() {
                 l.on_partitions_assigned(&added);
             }
         }
@@ -526,7 +535,7 @@ impl GroupConsumer {
         }
         let owned: Vec<TopicPartition> = self.owned.iter().cloned().collect();
         if !owned.is_empty() {
-            if let Some(l) = self.listener.as_mut() {
+            if let Some(l) = self.listener_mut().as_mut() {
                 l.on_partitions_revoked(&owned);
             }
         }
@@ -691,4 +700,21 @@ fn hostname() -> String {
         .map(|s| s.trim().to_owned())
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The consumer can be moved between threads and its futures spawned (checked when this
+    /// compiles).
+    #[test]
+    fn its_futures_are_send() {
+        fn is_send<T: Send>(_: &T) {}
+        fn check(mut c: GroupConsumer) {
+            let poll = async move { c.poll(Duration::from_secs(1)).await };
+            is_send(&poll);
+        }
+        let _ = check;
+    }
 }
