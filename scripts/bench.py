@@ -22,8 +22,13 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+# RUNNEL_BENCH_BIN: where the binaries are (default target/release), e.g. a debug build for a
+# dry run of the harness.
+BIN = os.environ.get("RUNNEL_BENCH_BIN") or os.path.join(ROOT, "target", "release")
 QUICK = os.environ.get("RUNNEL_BENCH_QUICK") == "1"
+# RUNNEL_BENCH_ONLY=groups: only the consumer-group case, its section printed to stdout and
+# docs/benchmarks.md left as it is (a check of the harness, not a report).
+ONLY = os.environ.get("RUNNEL_BENCH_ONLY", "")
 # Each case runs this many times; the tables show the median run and the range. Synchronous
 # writes on this kind of machine vary a lot from one run to the next.
 REPEATS = 1 if QUICK else 3
@@ -397,6 +402,122 @@ def maintenance_case(workdir, kind):
         b.stop()
 
 
+GROUP_TOPIC = "groups"
+GROUP_PARTITIONS = 6
+GROUP_MEMBERS = 3
+
+
+def group_case(workdir, records):
+    """One broker holding `records` records of 100 B on 6 partitions (written by one producer
+    without keys: its sticky partitioner spreads the batches over the partitions), read from the
+    beginning by one plain consumer (`bench consume`) and by a new group of three members with
+    automatic commit (`bench group`), taken in turn (plain, group; group, plain; ...) after one
+    untimed read that warms the caches, as the produce cases are taken in turn with their
+    baselines. Each group run also measures a handover: once the backlog is read, a producer
+    writes a steady stream to every partition and the member owning the most partitions leaves
+    cleanly. The runs share the broker and its data: a group run adds its stream's few thousand
+    records, and every run reads the first `records` of the topic."""
+    settle(workdir)
+    b = Broker(workdir)
+    try:
+        fill = ["bench", "produce", "--topic", GROUP_TOPIC, "--partitions", str(GROUP_PARTITIONS),
+                "--records", str(records), "--record-size", "100", "--acks", "all", "--producers", "1"]
+        produced = runnel(b.addr, *fill)
+        if produced["records"] != records or produced["failed"]:
+            raise SystemExit(f"filling `{GROUP_TOPIC}`: {produced['records']} of {records} records acknowledged")
+        offsets = runnel(b.addr, "offsets", GROUP_TOPIC)["partitions"]
+        per_partition = [p["offset"] for p in sorted(offsets, key=lambda p: p["partition"])]
+        if len(per_partition) != GROUP_PARTITIONS or min(per_partition) == 0 or sum(per_partition) != records:
+            raise SystemExit(f"`{GROUP_TOPIC}` after the fill: records per partition {per_partition}, expected "
+                             f"{records} over {GROUP_PARTITIONS} partitions, none empty")
+        plain_cmd = ["bench", "consume", "--topic", GROUP_TOPIC, "--records", str(records)]
+        group_cmd = ["bench", "group", "--topic", GROUP_TOPIC, "--records", str(records),
+                     "--members", str(GROUP_MEMBERS)]
+
+        def plain_once():
+            settle(workdir, 1)
+            r = runnel(b.addr, *plain_cmd)
+            if not r["complete"]:
+                raise SystemExit(f"bench consume read {r['records']} of {records} records")
+            return r
+
+        def group_once():
+            settle(workdir, 1)
+            return runnel(b.addr, *group_cmd)
+
+        runnel(b.addr, *plain_cmd)  # warms the caches; not counted
+        plain, group = [], []
+        for i in range(REPEATS):
+            if i % 2 == 0:
+                plain.append(plain_once())
+                group.append(group_once())
+            else:
+                group.append(group_once())
+                plain.append(plain_once())
+        p, g = median_of(plain), median_of(group)
+        p["command"], g["command"] = "runnel " + " ".join(plain_cmd), "runnel " + " ".join(group_cmd)
+        p["runs"], g["runs"] = plain, group
+        return {"records": records, "per_partition": per_partition, "fill": "runnel " + " ".join(fill),
+                "plain": p, "group": g}
+    finally:
+        b.stop()
+
+
+def group_handover(groups):
+    """The median handover time (ms) of the group runs, and all of them in run order."""
+    times = [r["handover_ms"] for r in groups["group"]["runs"]]
+    return sorted(times)[len(times) // 2], times
+
+
+def group_ratio(groups):
+    return groups["group"]["records_per_sec"] / groups["plain"]["records_per_sec"]
+
+
+def group_section(groups):
+    """The consumer-group section of docs/benchmarks.md, as lines."""
+    g, p = groups["group"], groups["plain"]
+    out = []
+    out.append("\n## Consumer group: three members against one plain consumer, and a member's handover\n")
+    out.append(f"One broker holds {groups['records']:,} records of 100 B on {GROUP_PARTITIONS} partitions, written by one "
+               "producer without keys (its sticky partitioner spreads the batches: "
+               + " / ".join(f"{n:,}" for n in groups["per_partition"]) + f" records per partition; `{groups['fill']}`). "
+               f"They are read from the beginning by one plain consumer assigned every partition and by a new group of "
+               f"{GROUP_MEMBERS} members committing automatically (every 5 s, the default; and when partitions move), "
+               f"{REPEATS} run{'s' if REPEATS != 1 else ''} of each taken in turn (plain, group; group, plain; ...) after "
+               "one untimed read that warms the caches. A run's clock starts at the assignment (plain) or at the first "
+               "member's subscription (group; its members' connections are made before, as the plain consumer's is), so "
+               "the group's time includes its members joining and the first rebalance; it stops at the poll that hands "
+               "out the last record not handed out before: every record counts once over the members, and *duplicates* "
+               "counts the records handed out more than once (in all runs, handovers included). The members are tasks of "
+               "one `runnel` process, each with its own connections: they poll on one thread, and their fetchers and "
+               f"heartbeats run on the runtime's worker threads (one per member, up to the {os.cpu_count()} cores); the "
+               "plain consumer polls on one thread with one worker. Medians, and the range over the runs; *records per member* "
+               "is of the median run (a last poll may hand out a few more than the count).\n")
+    out.append("| reader | records | records/s | range | MB/s | seconds | records per member | duplicates | command |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    out.append(f"| one plain consumer | {p['records']:,} | {p['records_per_sec']:,.0f} | {rng(p)} | {p['mb_per_sec']:.1f} | "
+               f"{p['seconds']:.2f} | – | – | `{p['command']}` |")
+    dups = sum(r["duplicates"] for r in g["runs"])
+    out.append(f"| group of {g['members']} | {g['records']:,} | {g['records_per_sec']:,.0f} | {rng(g)} | {g['mb_per_sec']:.1f} | "
+               f"{g['seconds']:.2f} | " + " / ".join(f"{n:,}" for n in g["member_records"]) +
+               f" | {dups} | `{g['command']}` |")
+    out.append(f"\nGroup over plain consumer: **{group_ratio(groups):.2f}** (median over median; target: at least 0.8).\n")
+    median, times = group_handover(groups)
+    out.append("*Handover*: after the backlog, each group run starts a producer writing 1,000 records/s of 100 B to the "
+               "partitions in turn; once the new records of every partition reach the group and every member owns "
+               "partitions, the member owning the most partitions leaves cleanly (`GroupConsumer::close`: it commits, "
+               "then leaves the group). The time runs from the call of `close` until another member's poll has handed out "
+               "a record of each of the partitions it owned: how long those partitions are consumed by no one. The "
+               "others learn of their new partitions from the coordinator's answer to a heartbeat (every 500 ms, the "
+               "broker's default), then fetch the committed offsets and the records.\n")
+    out.append("| handover (median) | runs | partitions left (median run) | its close | command |")
+    out.append("| --- | --- | --- | --- | --- |")
+    mid = sorted(g["runs"], key=lambda r: r["handover_ms"])[len(times) // 2]
+    out.append(f"| {median:.0f} ms | " + " / ".join(f"{t:.0f}" for t in times) + " ms | "
+               f"{len(mid['handover_partitions'])} of {mid['partitions']} | {mid['close_ms']:.1f} ms | `{g['command']}` |")
+    return out
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -425,7 +546,24 @@ def ms(p):
     return f"{p['p50']:.2f} / {p['p99']:.2f} / {p['p999']:.2f}"
 
 
+def only_groups():
+    """RUNNEL_BENCH_ONLY=groups: the consumer-group case alone, printed."""
+    workdir = tempfile.mkdtemp(prefix="runnel-bench-")
+    started = time.monotonic()
+    try:
+        spread_runs(workdir)
+        groups = group_case(workdir, int(3_000_000 * SCALE))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("\n".join(group_section(groups)))
+    print(f"(the case took {time.monotonic() - started:.0f} s)", file=sys.stderr)
+
+
 def main():
+    if ONLY == "groups":
+        return only_groups()
+    if ONLY:
+        raise SystemExit(f"RUNNEL_BENCH_ONLY={ONLY}: only `groups` is known")
     workdir = tempfile.mkdtemp(prefix="runnel-bench-")
     spread = spread_runs(workdir)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -468,6 +606,9 @@ def main():
                     rows.append((size, acks, producers, res))
             base[size] = median_of(pooled["1"])
             base_w[size] = median_of(pooled["all"])
+        # Last: reads, after the produce cases have written (and deleted) what they will.
+        print(f"consumer group: {GROUP_MEMBERS} members vs one plain consumer, and a handover", file=sys.stderr)
+        groups = group_case(workdir, int(3_000_000 * SCALE))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -587,7 +728,8 @@ def main():
         passes = r["passes"]["retention"] if r["kind"] == "retention" else r["passes"]["compaction"] if r["kind"] == "compaction" else 0
         out.append(f"| {r['kind']} | {r['records_per_sec']:,.0f} | {ms(r['ack_latency_ms'])} | {ms(r['e2e_latency_ms'])} | "
                    f"{passes} | `{r['command']}` |")
-    out.append("\n## Targets (issues: broker data plane, partition logs)\n")
+    out += group_section(groups)
+    out.append("\n## Targets (issues: broker data plane, partition logs, consumer groups)\n")
     checks = [
         ("100-byte records, one producer, acks=all (median)", f"{one_all[100]['records_per_sec']:,.0f} records/s (runs: {rng(one_all[100])})",
          "≥ 500,000 records/s", one_all[100]["records_per_sec"] >= 500_000),
@@ -617,6 +759,11 @@ def main():
     checks_rows.append(("cost of checking every record, uncompressed 100-byte records (share of one core at the acks=all rate)",
                         f"{share:.1%}", "< 10% of throughput", share < 0.10))
     checks += checks_rows
+    ratio = group_ratio(groups)
+    checks.append((f"group of {GROUP_MEMBERS} consumers vs one plain consumer, {groups['records']:,} × 100 B on "
+                   f"{GROUP_PARTITIONS} partitions, automatic commit (medians of runs taken in turn)",
+                   f"{ratio:.2f} ({groups['group']['records_per_sec']:,.0f} vs {groups['plain']['records_per_sec']:,.0f} records/s)",
+                   "≥ 0.8", ratio >= 0.8))
     out.append("| what | measured | target | met |")
     out.append("| --- | --- | --- | --- |")
     for what, got, target, ok in checks:

@@ -1,5 +1,6 @@
-//! Benchmarks behind `runnel bench produce|consume`: throughput and latency of the real client
-//! against a real broker.
+//! Benchmarks behind `runnel bench produce|consume|group`: throughput and latency of the real
+//! client against a real broker. `bench group` (a consumer group reading a backlog, and the
+//! handover of a leaving member's partitions) is in [`group`](mod@group).
 //!
 //! Latencies are measured as follows, so that figures can be compared with other tools:
 //! - *ack latency*: per record, from the moment `send` enqueued it to the moment its batch's
@@ -24,6 +25,10 @@ use crate::error::{Error, Result};
 use crate::partitioner::XorShift;
 use crate::producer::{Acks, Producer, ProducerConfig, ProducerRecord};
 use runnel_codec::Compression;
+
+mod group;
+
+pub use group::{run_group, GroupBench, GroupReport};
 
 /// Settings of `bench produce`.
 #[derive(Debug, Clone)]

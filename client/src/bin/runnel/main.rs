@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use runnel_client::admin::parse_config_pair;
-use runnel_client::bench::{self, ConsumeBench, ProduceBench};
+use runnel_client::bench::{self, ConsumeBench, GroupBench, ProduceBench};
 use runnel_client::{
     Acks, Admin, Compression, Consumer, OffsetQuery, Partitions, Producer, ProducerConfig,
     ProducerRecord, StartOffset,
@@ -184,6 +184,9 @@ enum BenchCommand {
     Produce(BenchProduceArgs),
     /// Read N records from the beginning of a topic as fast as possible.
     Consume(BenchConsumeArgs),
+    /// A consumer group of M members reading a topic from its beginning (records/s, with
+    /// automatic commit), then the handover of a member's partitions when it leaves.
+    Group(BenchGroupArgs),
 }
 
 #[derive(Debug, Args)]
@@ -242,13 +245,43 @@ struct BenchConsumeArgs {
     timeout_ms: u64,
 }
 
+#[derive(Debug, Args)]
+struct BenchGroupArgs {
+    /// Topic to read from its beginning.
+    #[arg(long, default_value = "runnel-bench")]
+    topic: String,
+    /// Distinct records to read (default: every record in the topic when the bench starts).
+    #[arg(long, short = 'n')]
+    records: Option<u64>,
+    /// Members of the group, each a group consumer with its own connections.
+    #[arg(long, short = 'm', default_value_t = 3)]
+    members: usize,
+    /// Group id (default: a new one, deleted afterwards); it must have no committed offsets
+    /// for the topic.
+    #[arg(long)]
+    group: Option<String>,
+    /// Stop when no new record arrived for this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// How often offsets are committed automatically.
+    #[arg(long, default_value_t = 5000)]
+    auto_commit_interval_ms: u64,
+    /// Records/s (over all partitions) of the stream written while a member leaves.
+    #[arg(long, default_value_t = 1000)]
+    handover_rate: u64,
+    /// Skip the handover measurement (the backlog only).
+    #[arg(long)]
+    no_handover: bool,
+}
+
 /// One async thread per client the command runs, up to the cores: `runnel` is one producer or
 /// consumer, whose tasks (the caller's sends, the sender, the connection) hand work to each other
 /// and run best on one thread; `bench produce` runs several producers (and a consumer with
-/// `--e2e`), which can use a core each.
+/// `--e2e`), and `bench group` several group members, which can use a core each.
 fn worker_threads(command: &Command) -> usize {
     let clients = match command {
         Command::Bench(BenchCommand::Produce(a)) => a.producers + usize::from(a.e2e),
+        Command::Bench(BenchCommand::Group(a)) => a.members,
         _ => 1,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -676,6 +709,31 @@ async fn bench(bootstrap: &str, output: Output, cmd: BenchCommand) -> Result<()>
             match output {
                 Output::Json => print_json(&serde_json::to_value(&report)?)?,
                 Output::Human => println!("{report}"),
+            }
+        }
+        BenchCommand::Group(a) => {
+            let report = bench::run_group(&GroupBench {
+                bootstrap: bootstrap.to_owned(),
+                topic: a.topic,
+                group: a.group,
+                members: a.members,
+                records: a.records,
+                idle_timeout: Duration::from_millis(a.timeout_ms),
+                auto_commit_interval: Duration::from_millis(a.auto_commit_interval_ms),
+                handover: !a.no_handover,
+                handover_rate: a.handover_rate,
+                ..GroupBench::default()
+            })
+            .await?;
+            match output {
+                Output::Json => print_json(&serde_json::to_value(&report)?)?,
+                Output::Human => println!("{report}"),
+            }
+            if !report.complete {
+                bail!(
+                    "the group read {} of the backlog's records before it ran dry",
+                    report.records
+                );
             }
         }
     }
