@@ -489,9 +489,8 @@ def group_section(groups):
                "the group's time includes its members joining and the first rebalance; it stops at the poll that hands "
                "out the last record not handed out before: every record counts once over the members, and *duplicates* "
                "counts the records handed out more than once (in all runs, handovers included). The members are tasks of "
-               "one `runnel` process, each with its own connections: they poll on one thread, and their fetchers and "
-               f"heartbeats run on the runtime's worker threads (one per member, up to the {os.cpu_count()} cores); the "
-               "plain consumer polls on one thread with one worker. Medians, and the range over the runs; *records per member* "
+               "one `runnel` process, each a task with its own connections, fetchers and heartbeat; both readers run "
+               f"on a runtime with one worker thread per core ({os.cpu_count()}). Medians, and the range over the runs; *records per member* "
                "is of the median run (a last poll may hand out a few more than the count).\n")
     out.append("| reader | records | records/s | range | MB/s | seconds | records per member | duplicates | command |")
     out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")

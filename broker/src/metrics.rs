@@ -198,9 +198,15 @@ impl Metrics {
     /// Replaces the consumer-group and partition offset gauges: `partitions` are (topic,
     /// partition, high watermark) of the partitions led here, `groups` (group, topic,
     /// partition, committed offset) of the groups coordinated here.
-    pub fn set_offsets(&self, partitions: &[(String, i32, i64)], groups: &[(String, String, i32, i64)]) {
-        let hw: std::collections::HashMap<(&str, i32), i64> =
-            partitions.iter().map(|(t, p, h)| ((t.as_str(), *p), *h)).collect();
+    pub fn set_offsets(
+        &self,
+        partitions: &[(String, i32, i64)],
+        groups: &[(String, String, i32, i64)],
+    ) {
+        let hw: std::collections::HashMap<(&str, i32), i64> = partitions
+            .iter()
+            .map(|(t, p, h)| ((t.as_str(), *p), *h))
+            .collect();
         self.partition_offset.clear();
         for (topic, p, h) in partitions {
             self.partition_offset
@@ -220,7 +226,9 @@ impl Metrics {
             };
             self.group_offset.get_or_create(&labels).set(*committed);
             if let Some(h) = hw.get(&(topic.as_str(), *p)) {
-                self.group_lag.get_or_create(&labels).set((h - committed).max(0));
+                self.group_lag
+                    .get_or_create(&labels)
+                    .set((h - committed).max(0));
             }
         }
     }

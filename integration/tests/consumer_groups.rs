@@ -569,11 +569,17 @@ async fn resets_and_deletes_need_an_empty_group() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let metrics = runnel_integration::http_get(&broker.metrics_address, "/metrics").await?;
-        let missing: Vec<&String> = want.iter().filter(|w| !metrics.lines().any(|l| l == w.as_str())).collect();
+        let missing: Vec<&String> = want
+            .iter()
+            .filter(|w| !metrics.lines().any(|l| l == w.as_str()))
+            .collect();
         if missing.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "missing on /metrics: {missing:?}\n{metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "missing on /metrics: {missing:?}\n{metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 

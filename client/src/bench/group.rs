@@ -617,17 +617,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs `bench group`. The members' tasks run on the calling thread, in a `LocalSet`: a
-/// [`GroupConsumer`]'s `poll` future is not `Send` (it holds `&self` across an await and the
-/// rebalance listener is not `Sync`). Their fetchers and heartbeats are tasks of the runtime,
-/// as a plain consumer's fetchers are, and `bench consume` polls on the calling thread too.
+/// Runs `bench group`: each member is a task of the runtime, with its own fetchers and
+/// heartbeat.
 pub async fn run_group(cfg: &GroupBench) -> Result<GroupReport> {
-    tokio::task::LocalSet::new()
-        .run_until(run_group_here(cfg))
-        .await
-}
-
-async fn run_group_here(cfg: &GroupBench) -> Result<GroupReport> {
     if cfg.members == 0 {
         return Err(Error::Config("members must be at least 1".into()));
     }
@@ -717,7 +709,7 @@ async fn run_group_here(cfg: &GroupBench) -> Result<GroupReport> {
     let mut members = Members(Vec::with_capacity(cfg.members));
     for (i, mut c) in consumers.into_iter().enumerate() {
         c.subscribe(&[cfg.topic.as_str()])?;
-        members.0.push(Some(tokio::task::spawn_local(member_loop(
+        members.0.push(Some(tokio::spawn(member_loop(
             i,
             c,
             tally.clone(),

@@ -281,7 +281,9 @@ struct BenchGroupArgs {
 fn worker_threads(command: &Command) -> usize {
     let clients = match command {
         Command::Bench(BenchCommand::Produce(a)) => a.producers + usize::from(a.e2e),
-        Command::Bench(BenchCommand::Group(a)) => a.members,
+        // A group's members and a plain consumer's fetchers alike may use every core, so that
+        // the group/plain ratio of `make bench` compares the consumers, not their threads.
+        Command::Bench(BenchCommand::Group(_) | BenchCommand::Consume(_)) => usize::MAX,
         _ => 1,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
