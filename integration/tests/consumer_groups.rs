@@ -562,7 +562,7 @@ async fn resets_and_deletes_need_an_empty_group() -> anyhow::Result<()> {
     // The broker's /metrics, under the Kafka exporters' names.
     let hw = d["partitions"][1]["log_end_offset"].as_i64().unwrap_or(-1);
     let want = [
-        format!("kafka_consumergroup_current_offset{{consumergroup=\"r\",topic=\"orders\",partition=\"1\"}} 70"),
+        "kafka_consumergroup_current_offset{consumergroup=\"r\",topic=\"orders\",partition=\"1\"} 70".to_string(),
         format!("kafka_consumergroup_lag{{consumergroup=\"r\",topic=\"orders\",partition=\"1\"}} {}", hw - 70),
         format!("kafka_topic_partition_current_offset{{topic=\"orders\",partition=\"1\"}} {hw}"),
     ];
