@@ -180,7 +180,7 @@ fn valid_resources_are_accepted_and_listed() -> anyhow::Result<()> {
     );
     let groups = ok(cp.kubectl(&["get", "rcg"]))?;
     ensure!(
-        header(&groups) == ["NAME", "TOPIC", "STATE", "LAG", "AGE"],
+        header(&groups) == ["NAME", "TOPIC", "STATE", "MEMBERS", "LAG", "AGE"],
         "{groups}"
     );
 

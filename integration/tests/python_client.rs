@@ -2,7 +2,8 @@
 //! with nothing but stock `grpcio` and stubs it generates from `proto/runnel/v1/*.proto`, run
 //! against a real standalone broker. It produces through the broker's partitioner and every
 //! codec, fetches and subscribes decoded records, checks the documented error codes, server
-//! reflection (v1alpha, what grpcio speaks), the health service and a 3 MiB fetch. The venv it
+//! reflection (v1alpha, what grpcio speaks), the health service, a 3 MiB fetch, and a consumer
+//! group (FindCoordinator, a heartbeat to join, commits, a fenced commit, LeaveGroup). The venv it
 //! runs in is made by `scripts/python-tools.sh`.
 
 use anyhow::{bail, Context};

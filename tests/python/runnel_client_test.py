@@ -49,7 +49,9 @@ def generate_stubs(out_dir):
 # The stubs exist only once protoc has run, so they are imported here rather than at the top.
 _STUBS = tempfile.TemporaryDirectory(prefix="runnel-python-stubs-")
 generate_stubs(_STUBS.name)
-from runnel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2  # noqa: E402
+from runnel.v1 import (  # noqa: E402
+    admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2, groups_pb2, groups_pb2_grpc,
+)
 
 TIMEOUT = 10  # seconds, for every call: the broker is local and the test must end by itself
 ORDERS = "py-orders"  # produce and placement checks
@@ -507,8 +509,8 @@ def reflection_and_health(channel):
     check(not listed.HasField("error_response"), f"reflection list_services failed: {short(listed)}")
     services = {s.name for s in listed.list_services_response.service}
     check(
-        {"runnel.v1.Broker", "runnel.v1.Admin"} <= services,
-        f"reflection (v1alpha) lists {sorted(services)}, without runnel.v1.Broker and runnel.v1.Admin",
+        {"runnel.v1.Broker", "runnel.v1.Admin", "runnel.v1.Groups"} <= services,
+        f"reflection (v1alpha) lists {sorted(services)}, without runnel.v1.Broker, Admin and Groups",
     )
 
     [found] = stub.ServerReflectionInfo(
@@ -596,6 +598,51 @@ def large_fetch(broker):
     return total, len(batches)
 
 
+def consumer_group(broker, groups):
+    """A consumer group as a client in another language runs one: find the coordinator, join
+    with a heartbeat, commit what was read, leave; a fenced member's commit is refused."""
+    group = "py-group"
+    found = broker.FindCoordinator(groups_pb2.FindCoordinatorRequest(group_id=group), timeout=TIMEOUT)
+    check(found.address != "", f"FindCoordinator of {group} named no broker: {short(found)}")
+    join = groups_pb2.HeartbeatRequest(
+        group_id=group, subscribed_topics=[ORDERS], session_timeout_ms=1000,
+        owned_partitions=groups_pb2.PartitionSet(), client_id="python",
+    )
+    member = groups.Heartbeat(join, timeout=TIMEOUT)
+    owned = {(t.topic, p) for t in member.assignment for p in t.partitions}
+    check(member.member_id and member.member_epoch > 0, f"joining {group}: {short(member)}")
+    check(owned == {(ORDERS, p) for p in range(ORDERS_PARTITIONS)},
+          f"the only member of {group} owns {sorted(owned)}, not all {ORDERS_PARTITIONS} partitions of {ORDERS}")
+    ends = broker.ListOffsets(broker_pb2.ListOffsetsRequest(topic=ORDERS, spec=broker_pb2.OFFSET_SPEC_LATEST),
+                              timeout=TIMEOUT)
+    commits = [groups_pb2.OffsetCommit(topic=ORDERS, partition=p.partition, offset=p.offset, leader_epoch=-1)
+               for p in ends.partitions]
+    groups.CommitOffsets(groups_pb2.CommitOffsetsRequest(
+        group_id=group, member_id=member.member_id, member_epoch=member.member_epoch, offsets=commits),
+        timeout=TIMEOUT)
+    fetched = groups.FetchOffsets(groups_pb2.FetchOffsetsRequest(group_id=group), timeout=TIMEOUT)
+    got = {(o.topic, o.partition): o.offset for o in fetched.offsets}
+    want = {(ORDERS, c.partition): c.offset for c in commits}
+    check(got == want, f"FetchOffsets of {group}: {got}, committed {want}")
+    described = groups.DescribeGroup(groups_pb2.DescribeGroupRequest(group_id=group), timeout=TIMEOUT)
+    check(described.state == "Stable" and [m.client_id for m in described.members] == ["python"],
+          f"DescribeGroup of {group}: {short(described)}")
+    # Silent past its session timeout: removed, and its commit is fenced.
+    time.sleep(1.6)
+    expect_error(
+        "a commit by a member whose session timed out", grpc.StatusCode.ABORTED, ["fenced", group],
+        lambda: groups.CommitOffsets(groups_pb2.CommitOffsetsRequest(
+            group_id=group, member_id=member.member_id, member_epoch=member.member_epoch, offsets=commits),
+            timeout=TIMEOUT),
+    )
+    again = groups.Heartbeat(join, timeout=TIMEOUT)
+    groups.LeaveGroup(groups_pb2.LeaveGroupRequest(group_id=group, member_id=again.member_id), timeout=TIMEOUT)
+    described = groups.DescribeGroup(groups_pb2.DescribeGroupRequest(group_id=group), timeout=TIMEOUT)
+    check(described.state == "Empty" and len(described.offsets) == ORDERS_PARTITIONS,
+          f"after LeaveGroup, {group} is {short(described)}")
+    return len(commits)
+
+
 def main(argv):
     if len(argv) != 2:
         sys.exit(f"usage: {argv[0]} HOST:PORT (a runnel-broker's gRPC address)")
@@ -608,6 +655,7 @@ def main(argv):
         sys.exit(f"runnel_client_test: no gRPC server answers on {address} within {TIMEOUT} s")
     broker = broker_pb2_grpc.BrokerStub(channel)
     admin = admin_pb2_grpc.AdminStub(channel)
+    groups = groups_pb2_grpc.GroupsStub(channel)
 
     # Each step stands on its own after the topics exist, so that one run reports every
     # behaviour that differs from the .proto, not only the first.
@@ -620,6 +668,7 @@ def main(argv):
         ("d. Errors", lambda: errors(broker)),
         ("e. Reflection and health", lambda: reflection_and_health(channel)),
         ("f. Large fetch", lambda: large_fetch(broker)),
+        ("g. A consumer group", lambda: consumer_group(broker, groups)),
     ]
     results, failures = {}, []
     for name, step in steps:
@@ -650,7 +699,8 @@ def main(argv):
         f"{'/'.join(results['b. Produce compressed'])}; decoded fetch and Subscribe from offset "
         f"{asked} mid-batch to {end}; NOT_FOUND, OUT_OF_RANGE, INVALID_ARGUMENT, producer epoch bump; "
         f"reflection v1alpha ({results['e. Reflection and health']} services) and health SERVING; "
-        f"a {FETCH_MAX_BYTES >> 20} MiB fetch of {large_bytes} bytes in {large_batches} batches"
+        f"a {FETCH_MAX_BYTES >> 20} MiB fetch of {large_bytes} bytes in {large_batches} batches; "
+        f"a consumer group joined, committed {results['g. A consumer group']} offsets, was fenced and left"
     )
 
 

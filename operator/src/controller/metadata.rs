@@ -733,7 +733,8 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
     let (mut holdings, connections) = observe(&brokers).await;
     let infos: Vec<pb::BrokerInfo> = brokers.iter().map(|(b, _)| b.clone()).collect();
     let mut reports = Reports::new(&holdings);
-    // The Topics, then the internal topics (last, so that they never move a Topic).
+    // The Topics, then the internal topics (placed sticky like any Topic: a Cluster whose Topics
+    // were placed before keeps them where they are).
     let placed: Vec<Topic> = active
         .iter()
         .cloned()
@@ -972,6 +973,69 @@ mod tests {
 
     fn empty(id: i32) -> Holdings {
         holding(id, &pb::ClusterMetadata::default(), 0)
+    }
+
+    #[test]
+    fn the_offsets_topic_is_placed_after_the_topics_and_keeps_its_placement() {
+        let live: BTreeMap<i32, Holdings> = (0..3).map(|id| (id, empty(id))).collect();
+        let mut c = cluster(3);
+        let placed = |c: &Cluster, extra: &[Topic]| {
+            let topics: Vec<Topic> = extra.iter().cloned().chain(internal_topics(c)).collect();
+            decide(c, &brokers(3), &topics, &Reports::new(&live))
+        };
+        // A Cluster whose Topic was placed before the offsets topic existed: the Topic stays.
+        let mut orders = topic("orders", 6, 2);
+        let before = decide(
+            &c,
+            &brokers(3),
+            std::slice::from_ref(&orders),
+            &Reports::new(&live),
+        );
+        orders.status = Some(topic_status(
+            &orders,
+            &before.topics[0],
+            &Reports::new(&live),
+            Timestamp::UNIX_EPOCH,
+        ));
+        let d = placed(&c, std::slice::from_ref(&orders));
+        assert_eq!(
+            d.metadata.topics.iter().find(|t| t.name == "orders"),
+            before.metadata.topics.first()
+        );
+        let offsets = d
+            .metadata
+            .topics
+            .iter()
+            .find(|t| t.name == OFFSETS_TOPIC)
+            .expect("__consumer_offsets");
+        assert_eq!(offsets.partitions.len(), OFFSETS_TOPIC_PARTITIONS as usize);
+        assert_eq!(
+            offsets
+                .config
+                .as_ref()
+                .and_then(|c| c.cleanup_policy.as_deref()),
+            Some("compact")
+        );
+        // Its placement, recorded in the Cluster's status, is kept when a Topic comes.
+        let internal = d.topics.last().expect("decision");
+        c.status = Some(crate::crd::ClusterStatus {
+            internal_topics: vec![internal_status(&internal.name, &internal.plans)],
+            ..Default::default()
+        });
+        let again = placed(&c, &[orders.clone(), topic("clicks", 9, 1)]);
+        let offsets_again = again
+            .metadata
+            .topics
+            .iter()
+            .find(|t| t.name == OFFSETS_TOPIC);
+        assert_eq!(offsets_again, Some(offsets));
+        // A Topic cannot take its name.
+        let mut taken = topic("mine", 3, 1);
+        taken.spec.topic_name = Some(OFFSETS_TOPIC.into());
+        let d = placed(&c, &[taken]);
+        let e = d.topics[0].error.as_deref().unwrap_or_default();
+        assert!(e.contains("internal topic"), "{e}");
+        assert_eq!(d.topics[1].error, None);
     }
 
     #[test]
