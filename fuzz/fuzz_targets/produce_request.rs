@@ -79,9 +79,15 @@ fuzz_target!(|data: &[u8]| {
             log.advance_high_watermark(log.log_end_offset());
             let after = log.summary();
             assert!(after.log_end_offset >= before.log_end_offset);
-            if !outcome.duplicate {
-                assert!(outcome.base_offset >= before.log_end_offset);
+            assert!(outcome.base_offset <= outcome.last_offset, "{outcome:?}");
+            if outcome.duplicate {
+                assert_eq!(after.log_end_offset, before.log_end_offset, "a duplicate stored something");
+                assert!(outcome.last_offset < before.log_end_offset, "{outcome:?}");
+            } else {
+                // New batches go at the end; a retried batch in the same request answers with
+                // its earlier offsets, so the answer may start before the old end.
                 assert_eq!(outcome.last_offset + 1, after.log_end_offset);
+                assert!(outcome.base_offset < after.log_end_offset);
             }
             // Every stored batch decodes, and the offsets run without a gap.
             let mut offset = 0;

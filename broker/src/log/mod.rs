@@ -342,8 +342,10 @@ impl<L: BatchLog> PartitionLog<L> {
         };
         for ((mut batch, h), decision) in buffers.into_iter().zip(&headers).zip(decisions) {
             if let Some(SequenceCheck::Duplicate(seen)) = decision {
-                first.get_or_insert(seen.base_offset);
-                last = seen.last_offset;
+                // A retried batch answers with where it was stored before: the request's
+                // answer spans from its lowest offset to its highest, whatever their order.
+                first = Some(first.map_or(seen.base_offset, |f| f.min(seen.base_offset)));
+                last = last.max(seen.last_offset);
                 continue;
             }
             let base = state.log_end_offset;
@@ -364,8 +366,8 @@ impl<L: BatchLog> PartitionLog<L> {
             state.size_bytes += len as u64;
             state.unchecked_bytes += len as u64;
             state.index.push_back(BatchMeta::of(&stored, len));
-            first.get_or_insert(base);
-            last = stored.last_offset();
+            first = Some(first.map_or(base, |f| f.min(base)));
+            last = last.max(stored.last_offset());
             writes.push((base, stored.next_offset(), batch));
         }
         Ok(Reservation {

@@ -191,6 +191,37 @@ mod log {
         assert_eq!(log.log_end_offset(), 4);
     }
 
+    /// A request that mixes a retried batch with new ones answers with the range of all of
+    /// them, in whichever order they come (found by the produce_request fuzz target).
+    #[test]
+    fn a_request_with_a_retried_batch_spans_all_of_its_offsets() {
+        let s = MemoryStorage::default();
+        let log = PartitionLog::recover(s.open_log("t", 0).expect("open"), 0, 0).expect("recover");
+        let dup = batch(2, 0, Some((7, 0)));
+        log.append(std::slice::from_ref(&dup), &config(), &AppendContext::at(0))
+            .expect("append");
+        // The retried batch first, then the producer's next one.
+        let out = log
+            .append(
+                &[dup.clone(), batch(3, 0, Some((7, 2)))],
+                &config(),
+                &AppendContext::at(0),
+            )
+            .expect("retry and next");
+        assert!(!out.duplicate);
+        assert_eq!((out.base_offset, out.last_offset), (0, 4));
+        // Another producer's new batch first, then the retry: still 5..=5 and 0..=1, so 0..=5.
+        let out = log
+            .append(
+                &[batch(1, 0, Some((8, 0))), dup],
+                &config(),
+                &AppendContext::at(0),
+            )
+            .expect("new and retry");
+        assert_eq!((out.base_offset, out.last_offset), (0, 5));
+        assert_eq!(log.log_end_offset(), 6);
+    }
+
     #[test]
     fn producer_state_survives_recovery() {
         let s = MemoryStorage::default();
