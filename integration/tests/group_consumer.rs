@@ -12,9 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// One call of the listener: "revoked" or "assigned", with its partitions.
+type Call = (&'static str, Vec<TopicPartition>);
+
 /// What the listener was told, in order.
 #[derive(Clone, Default)]
-struct Told(Arc<Mutex<Vec<(&'static str, Vec<TopicPartition>)>>>);
+struct Told(Arc<Mutex<Vec<Call>>>);
 
 impl RebalanceListener for Told {
     fn on_partitions_revoked(&mut self, partitions: &[TopicPartition]) {
