@@ -234,8 +234,10 @@ impl Model {
         let (mut first, mut last_offset, mut wrote) = (None, -1, false);
         for ((spec, producer), decision) in batches.iter().zip(decisions) {
             if let Some(Some(dup)) = decision {
-                first.get_or_insert(dup.2);
-                last_offset = dup.3;
+                // A retried batch answers with its earlier offsets; the request's answer spans
+                // from its lowest offset to its highest.
+                first = Some(first.map_or(dup.2, |f: i64| f.min(dup.2)));
+                last_offset = last_offset.max(dup.3);
                 continue;
             }
             let base = self.log_end;
@@ -262,8 +264,8 @@ impl Model {
                 }
                 p.1.push((seq, seq + spec.records as i32 - 1, base, self.log_end - 1));
             }
-            first.get_or_insert(base);
-            last_offset = self.log_end - 1;
+            first = Some(first.map_or(base, |f: i64| f.min(base)));
+            last_offset = last_offset.max(self.log_end - 1);
             wrote = true;
         }
         Answer::Appended {
