@@ -507,8 +507,9 @@ def group_section(groups):
                "partitions, the member owning the most partitions leaves cleanly (`GroupConsumer::close`: it commits, "
                "then leaves the group). The time runs from the call of `close` until another member's poll has handed out "
                "a record of each of the partitions it owned: how long those partitions are consumed by no one. The "
-               "others learn of their new partitions from the coordinator's answer to a heartbeat (every 500 ms, the "
-               "broker's default), then fetch the committed offsets and the records.\n")
+               "others learn of their new partitions from the answer to the heartbeat each keeps waiting at the "
+               "coordinator (`wait_ms`: answered as soon as its assignment changes), then fetch the committed offsets "
+               "and the records.\n")
     out.append("| handover (median) | runs | partitions left (median run) | its close | command |")
     out.append("| --- | --- | --- | --- | --- |")
     mid = sorted(g["runs"], key=lambda r: r["handover_ms"])[len(times) // 2]

@@ -20,6 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
 
 /// The internal topic of committed offsets, as Kafka names it.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -65,6 +67,9 @@ pub struct GroupDescription {
 /// The groups of one partition of `__consumer_offsets`.
 #[derive(Debug)]
 struct Shard {
+    /// Woken whenever a member of one of its groups gains or loses partitions or an epoch,
+    /// for the heartbeats that wait for that.
+    changed: Arc<Notify>,
     /// The partition's leader epoch when it was loaded: another epoch means another broker
     /// may have written it since, so it is loaded again.
     leader_epoch: i32,
@@ -294,6 +299,7 @@ impl<S: Storage> Coordinator<S> {
             "loaded committed offsets"
         );
         let shard = Arc::new(Mutex::new(Shard {
+            changed: Arc::new(Notify::new()),
             leader_epoch: epoch,
             groups: BTreeMap::new(),
             offsets: view,
@@ -341,18 +347,28 @@ impl<S: Storage> Coordinator<S> {
         cached.1.clone()
     }
 
-    /// One heartbeat of a member of `group`.
-    pub fn heartbeat(&self, group: &str, hb: Heartbeat) -> Result<HeartbeatReply, BrokerError> {
+    /// One heartbeat of a member of `group`, answered at once; also the shard's change signal
+    /// and the member's session timeout.
+    fn heartbeat_now(
+        &self,
+        group: &str,
+        hb: Heartbeat,
+    ) -> Result<(HeartbeatReply, Arc<Notify>, u32), BrokerError> {
         let (_, shard) = self.shard_of(group)?;
         let topics = self.topic_specs();
         let mut s = shard.lock();
         let joining = hb.member_epoch == 0;
-        let reply = s.group(group, self.settings).heartbeat(
-            hb,
-            || self.new_member_id(),
-            &topics,
-            now_ms(),
-        )?;
+        let settings = self.settings;
+        let g = s.group(group, settings);
+        let before = g.ownership_digest();
+        let reply = g.heartbeat(hb, || self.new_member_id(), &topics, now_ms())?;
+        let changed = g.ownership_digest() != before;
+        let session = g
+            .session_timeout_of(&reply.member_id)
+            .unwrap_or(settings.session_timeout_ms);
+        if changed {
+            s.changed.notify_waiters();
+        }
         if joining {
             tracing::info!(
                 group,
@@ -361,7 +377,52 @@ impl<S: Storage> Coordinator<S> {
                 "member joined"
             );
         }
-        Ok(reply)
+        Ok((reply, s.changed.clone(), session))
+    }
+
+    /// One heartbeat of a member of `group`. With `wait`, a member that owns exactly what the
+    /// answer gives it, at the epoch it sent, is answered only once that changes (another
+    /// member joined or left, a partition it waits for was let go) or `wait` passed (at most
+    /// half its session timeout): members learn of a rebalance at once rather than at their
+    /// next heartbeat.
+    pub async fn heartbeat(
+        &self,
+        group: &str,
+        hb: Heartbeat,
+        wait: Duration,
+    ) -> Result<HeartbeatReply, BrokerError> {
+        let (epoch_in, owned_in) = (hb.member_epoch, hb.owned.clone());
+        let member_id = hb.member_id.clone();
+        let (reply, changed, session_ms) = self.heartbeat_now(group, hb)?;
+        let settled = |r: &HeartbeatReply| {
+            r.member_epoch == epoch_in && owned_in.as_ref() == Some(&r.assignment)
+        };
+        if wait.is_zero() || member_id.is_empty() || !settled(&reply) {
+            return Ok(reply);
+        }
+        let wait = wait.min(Duration::from_millis(u64::from(session_ms / 2)));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // A heartbeat with nothing new: it keeps the session and shows what changed.
+            let (again, _, _) = self.heartbeat_now(
+                group,
+                Heartbeat {
+                    member_id: member_id.clone(),
+                    member_epoch: epoch_in,
+                    ..Heartbeat::default()
+                },
+            )?;
+            if !settled(&again) {
+                return Ok(again);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(again),
+            }
+        }
     }
 
     /// A member leaves `group`.
@@ -369,6 +430,7 @@ impl<S: Storage> Coordinator<S> {
         let (_, shard) = self.shard_of(group)?;
         let mut s = shard.lock();
         s.group(group, self.settings).leave(member)?;
+        s.changed.notify_waiters();
         tracing::info!(group, member, "member left");
         Ok(())
     }
@@ -716,12 +778,17 @@ impl<S: Storage> Coordinator<S> {
         let mut removed = 0;
         for (_, shard) in shards {
             let mut s = shard.lock();
+            let mut gone = 0;
             for (id, g) in s.groups.iter_mut() {
                 for (member, why) in g.expire(now) {
                     tracing::info!(group = id.as_str(), member, ?why, "member removed");
-                    removed += 1;
+                    gone += 1;
                 }
             }
+            if gone > 0 {
+                s.changed.notify_waiters();
+            }
+            removed += gone;
             s.groups.retain(|_, g| !g.members().is_empty());
         }
         removed

@@ -320,6 +320,24 @@ impl Group {
         }
     }
 
+    /// A digest of who owns what at which epoch: it changes whenever a member's epoch,
+    /// partitions or partitions to let go of change, which is when a member waiting in a
+    /// long-polled heartbeat has something to learn.
+    pub fn ownership_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.epoch, self.assignment_epoch).hash(&mut h);
+        for m in self.members.values() {
+            (&m.id, m.epoch, &m.assigned, &m.revoking).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// The session timeout of a member.
+    pub fn session_timeout_of(&self, member: &str) -> Option<u32> {
+        self.members.get(member).map(|m| m.session_timeout_ms)
+    }
+
     /// Errors with `NotEmpty` when the group has members.
     pub fn require_empty(&self, what: &'static str) -> Result<(), GroupError> {
         if self.members.is_empty() {
@@ -414,11 +432,20 @@ impl Group {
         let mut bump = false;
         if let Some(m) = self.members.get_mut(&id) {
             m.last_heartbeat_ms = now_ms;
-            m.session_timeout_ms = session_timeout_ms;
-            m.rebalance_timeout_ms = rebalance_timeout_ms;
-            m.client_id = hb.client_id;
-            m.client_host = hb.client_host;
-            if m.rack != hb.rack {
+            // What a heartbeat leaves unset (0, empty) stays as the member last said.
+            if hb.member_epoch == 0 || hb.session_timeout_ms != 0 {
+                m.session_timeout_ms = session_timeout_ms;
+            }
+            if hb.member_epoch == 0 || hb.rebalance_timeout_ms != 0 {
+                m.rebalance_timeout_ms = rebalance_timeout_ms;
+            }
+            if !hb.client_id.is_empty() {
+                m.client_id = hb.client_id;
+            }
+            if !hb.client_host.is_empty() {
+                m.client_host = hb.client_host;
+            }
+            if !hb.rack.is_empty() && m.rack != hb.rack {
                 m.rack = hb.rack;
                 bump = true;
             }

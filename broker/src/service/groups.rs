@@ -19,6 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// The longest a heartbeat waits for a change of its member's assignment.
+const MAX_HEARTBEAT_WAIT_MS: u64 = 30_000;
+
 /// The `runnel.v1.Groups` service.
 #[derive(Debug)]
 pub struct GroupsService<S: Storage> {
@@ -120,7 +123,13 @@ impl<S: Storage> GroupsRpc for GroupsService<S> {
             client_id: r.client_id,
             client_host: r.client_host,
         };
-        let reply = self.coordinator.heartbeat(&r.group_id, hb).map_err(&err)?;
+        let wait =
+            std::time::Duration::from_millis(u64::from(r.wait_ms).min(MAX_HEARTBEAT_WAIT_MS));
+        let reply = self
+            .coordinator
+            .heartbeat(&r.group_id, hb, wait)
+            .await
+            .map_err(&err)?;
         Ok(Response::new(HeartbeatResponse {
             member_id: reply.member_id,
             member_epoch: reply.member_epoch,

@@ -567,6 +567,12 @@ impl GroupConsumer {
     }
 }
 
+/// How long a heartbeat waits at the coordinator for a change of the member's assignment.
+const LONG_POLL_MS: u32 = 5_000;
+/// A waiting heartbeat answered sooner than this did not wait (a coordinator that answers at
+/// once): the next one keeps to the heartbeat interval.
+const MIN_LONG_POLL: Duration = Duration::from_millis(50);
+
 /// Heartbeats until aborted: joins, reports what `poll` owns, and publishes each answer.
 async fn heartbeat_loop(
     config: Arc<GroupConsumerConfig>,
@@ -582,6 +588,9 @@ async fn heartbeat_loop(
     let mut interval = Duration::from_millis(0);
     let mut reported_owned: Option<u64> = None;
     let mut send_subscription = true;
+    // The assignment of the last answer: once poll owns exactly that, heartbeats wait at the
+    // coordinator for the next change instead of asking every interval.
+    let mut last_assignment: Option<BTreeSet<TopicPartition>> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -592,7 +601,8 @@ async fn heartbeat_loop(
         if now_owned.leaving {
             return;
         }
-        let report = reported_owned != Some(now_owned.version) || epoch == 0;
+        let settled = epoch != 0 && last_assignment.as_ref() == Some(&now_owned.partitions);
+        let report = settled || reported_owned != Some(now_owned.version) || epoch == 0;
         let req = HeartbeatRequest {
             group_id: config.group_id.clone(),
             member_id: member_id.clone(),
@@ -625,14 +635,24 @@ async fn heartbeat_loop(
                 .min(u128::from(u32::MAX)) as u32,
             client_id: config.client_id.clone(),
             client_host: host.clone(),
+            wait_ms: if settled { LONG_POLL_MS } else { 0 },
         };
         let started = Instant::now();
-        let result = coordinator
-            .call("heartbeat", |mut c| {
-                let req = req.clone();
-                async move { c.heartbeat(req).await }
-            })
-            .await;
+        let call = coordinator.call("heartbeat", |mut c| {
+            let req = req.clone();
+            async move { c.heartbeat(req).await }
+        });
+        // While it waits, poll may let go of partitions: that is to be said at once.
+        let result = tokio::select! {
+            r = call => r,
+            r = owned.changed(), if settled => {
+                if r.is_err() {
+                    return;
+                }
+                interval = Duration::ZERO;
+                continue;
+            }
+        };
         match result {
             Ok(resp) => {
                 send_subscription = false;
@@ -642,8 +662,14 @@ async fn heartbeat_loop(
                 member_id = resp.member_id.clone();
                 epoch = resp.member_epoch;
                 let assignment = flatten(&resp.assignment);
-                interval = Duration::from_millis(u64::from(resp.heartbeat_interval_ms.max(10)))
-                    .saturating_sub(started.elapsed());
+                interval = if settled && started.elapsed() >= MIN_LONG_POLL {
+                    // It waited at the coordinator: the next one waits there too.
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(u64::from(resp.heartbeat_interval_ms.max(10)))
+                        .saturating_sub(started.elapsed())
+                };
+                last_assignment = Some(assignment.clone());
                 membership.send_if_modified(|m| {
                     let changed = m.assignment != assignment
                         || m.member_epoch != resp.member_epoch
@@ -661,6 +687,7 @@ async fn heartbeat_loop(
             }
             Err(e) if e.code() == Some(tonic::Code::Aborted) => {
                 // Fenced: what it owned is lost; join again with epoch 0 once poll let go.
+                last_assignment = None;
                 tracing::warn!(group = %config.group_id, error = %e, "fenced; joining again");
                 epoch = 0;
                 send_subscription = true;
