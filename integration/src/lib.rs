@@ -279,6 +279,39 @@ pub fn runnel(
     ))
 }
 
+/// Produces `records` (key, value) to `topic` with the real producer (acks=all, idempotent),
+/// to `partition` or by key; fails unless every record was delivered.
+pub async fn produce_records(
+    bootstrap: &str,
+    topic: &str,
+    partition: Option<i32>,
+    records: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    use runnel_client::{Producer, ProducerConfig, ProducerRecord};
+    let producer = Producer::connect(ProducerConfig {
+        bootstrap: bootstrap.to_string(),
+        ..Default::default()
+    })
+    .await?;
+    for (key, value) in records {
+        producer
+            .send(ProducerRecord {
+                key: Some(key.into()),
+                partition,
+                ..ProducerRecord::new(topic, value)
+            })
+            .await?;
+    }
+    producer.flush().await;
+    let (failed, e) = producer.delivery_failures();
+    producer.close().await;
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} records not delivered to `{topic}`: {e:?}"
+    );
+    Ok(())
+}
+
 /// Every record of the concatenated batches of a fetch response, in offset order.
 pub fn records(batches: &[u8]) -> anyhow::Result<Vec<runnel_codec::Record>> {
     let mut out = Vec::new();

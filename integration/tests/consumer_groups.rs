@@ -7,7 +7,6 @@
 //! bounded committed offsets (kill -9 of the broker; `__consumer_offsets` is compacted), resets
 //! and the errors of bad requests.
 
-use runnel_client::{Producer, ProducerConfig, ProducerRecord};
 use runnel_integration::{bin, runnel, Broker};
 use runnel_proto::v1::admin_client::AdminClient;
 use runnel_proto::v1::groups_client::GroupsClient;
@@ -160,25 +159,10 @@ fn wait_stable(
     }
 }
 
+/// Records `r-NNNNNN` keyed over 60 keys, to `orders`.
 async fn produce(addr: &str, from: usize, to: usize) -> anyhow::Result<()> {
-    let producer = Producer::connect(ProducerConfig {
-        bootstrap: addr.to_string(),
-        ..Default::default()
-    })
-    .await?;
-    for i in from..to {
-        producer
-            .send(ProducerRecord {
-                key: Some(format!("k{}", i % 60).into()),
-                ..ProducerRecord::new("orders", format!("r-{i:06}"))
-            })
-            .await?;
-    }
-    producer.flush().await;
-    let (failed, e) = producer.delivery_failures();
-    producer.close().await;
-    anyhow::ensure!(failed == 0, "{failed} records not delivered: {e:?}");
-    Ok(())
+    let records = (from..to).map(|i| (format!("k{}", i % 60), format!("r-{i:06}")));
+    runnel_integration::produce_records(addr, "orders", None, records).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,8 +315,11 @@ async fn a_fenced_member_cannot_commit() -> anyhow::Result<()> {
         .await
         .expect_err("a zombie's commit");
     assert_eq!(e.code(), Code::Aborted, "{e:?}");
+    let named = format!("epoch {}", zombie.member_epoch);
     assert!(
-        e.message().contains("group `z`") && e.message().contains("fenced"),
+        e.message().contains("group `z`")
+            && e.message().contains("fenced")
+            && e.message().contains(&named),
         "{}",
         e.message()
     );

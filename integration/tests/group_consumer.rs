@@ -4,8 +4,8 @@
 
 use runnel_client::consumer::AutoOffsetReset;
 use runnel_client::{
-    Admin, ConsumerConfig, ConsumerRecord, GroupConsumer, GroupConsumerConfig, Producer,
-    ProducerConfig, ProducerRecord, RebalanceListener, TopicPartition,
+    Admin, ConsumerConfig, ConsumerRecord, GroupConsumer, GroupConsumerConfig, RebalanceListener,
+    TopicPartition,
 };
 use runnel_integration::Broker;
 use std::collections::BTreeMap;
@@ -48,26 +48,10 @@ fn config(addr: &str, group: &str, client_id: &str) -> GroupConsumerConfig {
     }
 }
 
+/// Records `e-N` keyed over 40 keys, to `events` (to `partition`, or by key).
 async fn produce(addr: &str, partition: Option<i32>, from: usize, to: usize) -> anyhow::Result<()> {
-    let producer = Producer::connect(ProducerConfig {
-        bootstrap: addr.to_string(),
-        ..Default::default()
-    })
-    .await?;
-    for i in from..to {
-        producer
-            .send(ProducerRecord {
-                key: Some(format!("k{}", i % 40).into()),
-                partition,
-                ..ProducerRecord::new("events", format!("e-{i}"))
-            })
-            .await?;
-    }
-    producer.flush().await;
-    let (failed, e) = producer.delivery_failures();
-    producer.close().await;
-    anyhow::ensure!(failed == 0, "not delivered: {e:?}");
-    Ok(())
+    let records = (from..to).map(|i| (format!("k{}", i % 40), format!("e-{i}")));
+    runnel_integration::produce_records(addr, "events", partition, records).await
 }
 
 /// Polls until `done` says so (or 20 s pass), returning every record polled.

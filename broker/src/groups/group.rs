@@ -44,12 +44,14 @@ impl Default for GroupSettings {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GroupError {
     /// The member is not in the group (it left, or its session timed out).
-    #[error("group `{group}` has no member `{member}`: it left or its session timed out, so it is fenced; join again with epoch 0")]
+    #[error("group `{group}` has no member `{member}`{}: it left or its session timed out, so it is fenced; join again with epoch 0", sent_epoch(*.epoch))]
     UnknownMember {
         /// The group.
         group: String,
         /// The member id.
         member: String,
+        /// The epoch it sent, when it sent one.
+        epoch: Option<i32>,
     },
     /// The member's epoch is not its current one.
     #[error("group `{group}`: member `{member}` sent epoch {epoch}, but its epoch is {current}: it is fenced; join again with epoch 0")]
@@ -97,6 +99,10 @@ pub enum GroupError {
         /// What is wrong.
         reason: String,
     },
+}
+
+fn sent_epoch(epoch: Option<i32>) -> String {
+    epoch.map_or(String::new(), |e| format!(" (it sent epoch {e})"))
 }
 
 /// A group's state, with Kafka's names.
@@ -417,7 +423,7 @@ impl Group {
             self.epoch += 1;
             id
         } else {
-            let m = self.member(&hb.member_id)?;
+            let m = self.member(&hb.member_id, Some(hb.member_epoch))?;
             if hb.member_epoch != m.epoch && hb.member_epoch != m.previous_epoch {
                 return Err(GroupError::FencedEpoch {
                     group: self.id.clone(),
@@ -468,7 +474,7 @@ impl Group {
         }
         self.refresh_target(topics);
         self.reconcile(&id, now_ms);
-        let m = self.member(&id)?;
+        let m = self.member(&id, None)?;
         let waiting = !m.revoking.is_empty()
             || m.epoch != self.assignment_epoch
             || m.assigned != self.target_of(&id);
@@ -496,12 +502,13 @@ impl Group {
         }
     }
 
-    fn member(&self, id: &str) -> Result<&Member, GroupError> {
+    fn member(&self, id: &str, epoch: Option<i32>) -> Result<&Member, GroupError> {
         self.members
             .get(id)
             .ok_or_else(|| GroupError::UnknownMember {
                 group: self.id.clone(),
                 member: id.to_string(),
+                epoch,
             })
     }
 
@@ -581,7 +588,7 @@ impl Group {
 
     /// Removes a member; its partitions go to the others as they heartbeat.
     pub fn leave(&mut self, member_id: &str) -> Result<(), GroupError> {
-        self.member(member_id)?;
+        self.member(member_id, None)?;
         self.remove(member_id);
         Ok(())
     }
@@ -633,7 +640,7 @@ impl Group {
         if member_id.is_empty() {
             return self.require_empty("offsets without a member id can be committed for");
         }
-        let m = self.member(member_id)?;
+        let m = self.member(member_id, Some(member_epoch))?;
         if member_epoch != m.epoch && member_epoch != m.previous_epoch {
             return Err(GroupError::FencedEpoch {
                 group: self.id.clone(),

@@ -15,7 +15,7 @@ use runnel_proto::v1::{
     ListGroupsResponse, OffsetReset, PartitionSet, ResetOffsetsRequest, ResetOffsetsResponse,
     TopicPartitions,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -40,29 +40,12 @@ impl<S: Storage> GroupsService<S> {
     }
 }
 
-/// Partitions grouped by topic, for the wire.
-pub(crate) fn by_topic<'a>(
-    parts: impl IntoIterator<Item = &'a TopicPartition>,
-) -> Vec<TopicPartitions> {
-    let mut m: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (t, p) in parts {
-        m.entry(t.as_str()).or_default().push(*p);
-    }
-    m.into_iter()
-        .map(|(topic, mut partitions)| {
-            partitions.sort_unstable();
-            TopicPartitions {
-                topic: topic.to_string(),
-                partitions,
-            }
-        })
-        .collect()
+fn by_topic<'a>(parts: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<TopicPartitions> {
+    TopicPartitions::group(parts)
 }
 
 fn flatten(list: &[TopicPartitions]) -> BTreeSet<TopicPartition> {
-    list.iter()
-        .flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p)))
-        .collect()
+    TopicPartitions::flatten(list)
 }
 
 fn subscription(

@@ -17,30 +17,16 @@ pub use admin::{
 pub use consumer::{GroupConsumer, GroupConsumerConfig, RebalanceListener};
 
 use runnel_proto::v1::TopicPartitions;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 /// A topic and one of its partitions.
 pub type TopicPartition = (String, i32);
 
 /// Partitions grouped by topic, for the wire.
 fn by_topic<'a>(parts: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<TopicPartitions> {
-    let mut m: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for (t, p) in parts {
-        m.entry(t.as_str()).or_default().push(*p);
-    }
-    m.into_iter()
-        .map(|(topic, mut partitions)| {
-            partitions.sort_unstable();
-            TopicPartitions {
-                topic: topic.to_owned(),
-                partitions,
-            }
-        })
-        .collect()
+    TopicPartitions::group(parts)
 }
 
 fn flatten(list: &[TopicPartitions]) -> BTreeSet<TopicPartition> {
-    list.iter()
-        .flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p)))
-        .collect()
+    TopicPartitions::flatten(list)
 }

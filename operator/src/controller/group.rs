@@ -280,37 +280,16 @@ async fn sync(group: &ConsumerGroup, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &namespace);
-    let cluster = clusters
-        .get_opt(&group.spec.cluster)
-        .await
-        .map_err(|source| Error::Kube {
-            action: format!("reading Cluster `{}`", group.spec.cluster),
-            source,
-        })?;
-    let Some(cluster) = cluster else {
-        let message = format!(
-            "Cluster `{}` does not exist in this namespace",
-            group.spec.cluster
-        );
+    let retry = every.max(Duration::from_secs(5));
+    let Some(cluster) = referenced::<Cluster>(ctx, &namespace, &group.spec.cluster).await? else {
+        let message = missing("Cluster", &group.spec.cluster);
         write(unready(group, "ClusterNotFound", message, now)).await?;
-        return Ok(Action::requeue(every.max(Duration::from_secs(5))));
+        return Ok(Action::requeue(retry));
     };
-    let topics: Api<Topic> = Api::namespaced(ctx.client.clone(), &namespace);
-    let topic = topics
-        .get_opt(&group.spec.topic)
-        .await
-        .map_err(|source| Error::Kube {
-            action: format!("reading Topic `{}`", group.spec.topic),
-            source,
-        })?;
-    let Some(topic) = topic else {
-        let message = format!(
-            "Topic `{}` does not exist in this namespace",
-            group.spec.topic
-        );
+    let Some(topic) = referenced::<Topic>(ctx, &namespace, &group.spec.topic).await? else {
+        let message = missing("Topic", &group.spec.topic);
         write(unready(group, "TopicNotFound", message, now)).await?;
-        return Ok(Action::requeue(every.max(Duration::from_secs(5))));
+        return Ok(Action::requeue(retry));
     };
     let topic = topic_name(&topic);
     let addresses: Vec<String> = cluster
@@ -414,6 +393,28 @@ async fn sync(group: &ConsumerGroup, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.record_group(&id, &topic, &decided.status);
     write(decided.status).await?;
     Ok(Action::requeue(every))
+}
+
+/// The object of kind `K` named `name` in `namespace`, which a ConsumerGroup refers to; `None`
+/// while it does not exist.
+async fn referenced<K>(ctx: &Context, namespace: &str, name: &str) -> Result<Option<K>, Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("reading {} `{name}`", K::kind(&())),
+            source,
+        })
+}
+
+fn missing(kind: &str, name: &str) -> String {
+    format!("{kind} `{name}` does not exist in this namespace")
 }
 
 /// Describes the group (a group that does not exist is `None`) and the topic's offsets.
