@@ -139,7 +139,9 @@ impl Sender {
         }
         // A send that raced with close: nothing will ship it any more.
         let mut acc = lock(&self.shared.acc);
-        let _ = acc.seal_due(Instant::now(), None);
+        // Counted in `buffered` as every sealed batch is, since completing one takes it off.
+        let (sealed, _) = acc.seal_due(Instant::now(), None);
+        self.shared.buffered.fetch_add(sealed, Ordering::AcqRel);
         let left: Vec<Batch> = acc.ready.drain(..).collect();
         drop(acc);
         for mut b in left {
