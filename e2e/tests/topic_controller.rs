@@ -302,6 +302,62 @@ fn has_event(cp: &ControlPlane, reason: &str) -> anyhow::Result<bool> {
     Ok(!events.trim().is_empty())
 }
 
+/// Every broker names the same coordinator of `group`, the leader of its partition of
+/// `__consumer_offsets`; the others refuse its calls with FAILED_PRECONDITION naming it.
+fn not_the_coordinator(brokers: &[String], group: &str) -> anyhow::Result<()> {
+    use runnel_proto::v1::broker_client::BrokerClient;
+    use runnel_proto::v1::groups_client::GroupsClient;
+    use runnel_proto::v1::{DescribeGroupRequest, FindCoordinatorRequest};
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut named = Vec::new();
+        for address in brokers {
+            let mut b = BrokerClient::connect(format!("http://{address}")).await?;
+            let found = b
+                .find_coordinator(FindCoordinatorRequest {
+                    group_id: group.into(),
+                })
+                .await?
+                .into_inner();
+            named.push(found.address);
+        }
+        named.dedup();
+        ensure!(
+            named.len() == 1,
+            "the brokers name different coordinators: {named:?}"
+        );
+        let coordinator = &named[0];
+        ensure!(
+            brokers.contains(coordinator),
+            "{coordinator} is none of {brokers:?}"
+        );
+        for address in brokers {
+            let mut g = GroupsClient::connect(format!("http://{address}")).await?;
+            let answer = g
+                .describe_group(DescribeGroupRequest {
+                    group_id: group.into(),
+                })
+                .await;
+            match answer {
+                Ok(d) => ensure!(
+                    address == coordinator,
+                    "{address} answered as coordinator: {d:?}"
+                ),
+                Err(e) => {
+                    ensure!(address != coordinator, "the coordinator refused: {e:?}");
+                    ensure!(
+                        e.code() == tonic::Code::FailedPrecondition
+                            && e.message().contains("not the coordinator")
+                            && e.message().contains(coordinator.as_str()),
+                        "{address}: {e:?}"
+                    );
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
 /// A ConsumerGroup on `orders` (which holds 300 records): its lag before anyone consumes, with
 /// `LagHigh` and an Event; a member consuming everything (Stable, its partitions, lag 0, the
 /// same committed offsets as `runnel group describe`, `LagHigh` cleared); a reset refused
@@ -310,8 +366,9 @@ fn has_event(cp: &ControlPlane, reason: &str) -> anyhow::Result<bool> {
 fn consumer_group_status(
     cp: &ControlPlane,
     operator: &Operator,
-    bootstrap: &str,
+    brokers: &[String],
 ) -> anyhow::Result<()> {
+    let bootstrap = brokers[0].as_str();
     ok(cp.apply(&format!(
         "apiVersion: runnel.dev/v1alpha1
 kind: ConsumerGroup
@@ -366,6 +423,7 @@ spec:
             Ok((!has_event(cp, "LagRecovered")?).then(|| "no LagRecovered Event".to_string()))
         },
     )?;
+    not_the_coordinator(brokers, "order-processors")?;
     let (_, metrics) = operator.http_get("/metrics")?;
     ensure!(
         metrics
@@ -615,7 +673,8 @@ spec:
         Ok(status_matches_brokers(status, &described))
     })?;
 
-    consumer_group_status(&cp, &operator, &bootstrap)?;
+    let addresses: Vec<String> = pods.iter().map(PlayedPod::address).collect();
+    consumer_group_status(&cp, &operator, &addresses)?;
 
     // Producer ids: the operator hands every broker a block of its own (recorded in the
     // Cluster's status first), and each broker's InitProducerId answers from its block.
