@@ -192,6 +192,48 @@ pub(crate) async fn run(bootstrap: &str, output: Output, cmd: GroupCommand) -> R
                             &rows
                         )
                     );
+                    if !d.members.is_empty() {
+                        // As `kafka-consumer-groups --describe --members --verbose`: every
+                        // member, also one that owns nothing yet.
+                        let rows: Vec<Vec<String>> = d
+                            .members
+                            .iter()
+                            .map(|m| {
+                                let owned: Vec<String> = m
+                                    .assignment
+                                    .iter()
+                                    .map(|(t, p)| format!("{t}-{p}"))
+                                    .collect();
+                                vec![
+                                    m.member_id.clone(),
+                                    m.host.clone(),
+                                    m.client_id.clone(),
+                                    m.member_epoch.to_string(),
+                                    m.assignment.len().to_string(),
+                                    if owned.is_empty() {
+                                        "-".into()
+                                    } else {
+                                        owned.join(",")
+                                    },
+                                ]
+                            })
+                            .collect();
+                        println!();
+                        print!(
+                            "{}",
+                            table(
+                                &[
+                                    "CONSUMER-ID",
+                                    "HOST",
+                                    "CLIENT-ID",
+                                    "EPOCH",
+                                    "#PARTITIONS",
+                                    "ASSIGNMENT"
+                                ],
+                                &rows
+                            )
+                        );
+                    }
                 }
             }
         }
