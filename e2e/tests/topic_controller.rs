@@ -266,7 +266,8 @@ impl GroupMember {
             .ok()
             .and_then(rustix::process::Pid::from_raw)
             .context("pid")?;
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .context("SIGTERM to the group member")?;
         let began = Instant::now();
         while self.0.try_wait()?.is_none() {
             ensure!(

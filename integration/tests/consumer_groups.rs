@@ -66,11 +66,9 @@ impl Member {
     }
 
     fn values(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        let out = std::fs::read_to_string(&self.out)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.out.display()));
+        out.lines().map(str::to_string).collect()
     }
 
     fn kill9(&mut self) {
@@ -83,11 +81,16 @@ impl Member {
     /// SIGTERM: the member commits what it printed and leaves the group.
     fn terminate(&mut self) -> anyhow::Result<()> {
         let Some(mut c) = self.child.take() else {
-            return Ok(());
+            anyhow::bail!("member {} is not running", self.client_id);
         };
-        Command::new("kill")
+        let sent = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status()?;
+        anyhow::ensure!(
+            sent.success(),
+            "kill -TERM of member {} failed",
+            self.client_id
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while c.try_wait()?.is_none() {
             if Instant::now() > deadline {
@@ -145,8 +148,12 @@ fn wait_stable(
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
     loop {
-        // Before the first member joins, the group does not exist yet.
-        let d = describe(addr, group).unwrap_or_default();
+        // Before the first member joins, the group does not exist yet; any other error fails.
+        let d = match describe(addr, group) {
+            Ok(d) => d,
+            Err(e) if e.to_string().contains("does not exist") => serde_json::Value::Null,
+            Err(e) => return Err(e),
+        };
         let o = owners(&d);
         let names: Vec<&str> = o.keys().map(String::as_str).collect();
         if d["state"] == "Stable" && names == members && o.values().all(|s| s.len() == per_member) {
