@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "runnel/v1/groups.proto",
         "runnel/v1/broker.proto",
         "runnel/v1/admin.proto",
+        "runnel/v1/replica.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
