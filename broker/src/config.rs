@@ -64,6 +64,9 @@ pub struct ConfigLayer {
     /// Partitions of `__consumer_offsets` when a standalone broker creates it
     /// (`offsets.topic.num.partitions`).
     pub offsets_topic_partitions: Option<i32>,
+    /// Kafka's `replica.lag.time.max.ms`: a follower that has not caught up with its leader
+    /// for this long leaves the ISR (default 10 s).
+    pub replica_lag_time_max_ms: Option<i64>,
 }
 
 /// The fields of [`ConfigLayer`], as they appear in the file and (upper-cased, `RUNNEL_` prefix)
@@ -93,6 +96,7 @@ pub const FIELDS: &[&str] = &[
     "group_min_session_timeout_ms",
     "group_heartbeat_interval_ms",
     "offsets_topic_partitions",
+    "replica_lag_time_max_ms",
 ];
 
 /// Kafka's default `producer.id.expiration.ms`: one day.
@@ -185,7 +189,8 @@ impl ConfigLayer {
             group_session_timeout_ms,
             group_min_session_timeout_ms,
             group_heartbeat_interval_ms,
-            offsets_topic_partitions
+            offsets_topic_partitions,
+            replica_lag_time_max_ms
         )
     }
 
@@ -378,6 +383,13 @@ impl ConfigLayer {
                 format!("{offsets_topic_partitions} is not between 1 and 1000"),
             ));
         }
+        let replica_lag_time_max_ms = self.replica_lag_time_max_ms.unwrap_or(10_000);
+        if replica_lag_time_max_ms < 1 {
+            return Err(bad(
+                "replica_lag_time_max_ms",
+                format!("{replica_lag_time_max_ms} must be positive"),
+            ));
+        }
         Ok(Config {
             settings: BrokerSettings {
                 broker_id,
@@ -398,6 +410,7 @@ impl ConfigLayer {
                 append_threads,
                 groups,
                 offsets_topic_partitions,
+                replica_lag_time_max_ms,
             },
             data_dir,
             listen,

@@ -76,6 +76,8 @@ struct Shared<S: Storage> {
     health: Arc<StorageHealth>,
     /// When the flush under way started.
     flushing_since: Mutex<Option<Instant>>,
+    /// Counts flushes: followers report their durable ends after each.
+    flushed: tokio::sync::watch::Sender<u64>,
 }
 
 /// The group-commit flusher of one broker.
@@ -107,6 +109,7 @@ impl<S: Storage> GroupCommit<S> {
             metrics,
             health,
             flushing_since: Mutex::new(None),
+            flushed: tokio::sync::watch::channel(0).0,
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -127,6 +130,11 @@ impl<S: Storage> GroupCommit<S> {
             .or_insert_with(|| log.clone());
         drop(dirty);
         self.shared.wake.notify_one();
+    }
+
+    /// A receiver that sees every completed flush.
+    pub fn watch_flushed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.flushed.subscribe()
     }
 
     /// How long the flush under way has been running, if one is.
@@ -209,7 +217,8 @@ fn flush_loop<S: Storage>(shared: &Shared<S>, linger: Duration) {
         shared.metrics.flush_seconds.observe(took.as_secs_f64());
         shared.metrics.flush_partitions.observe(ends.len() as f64);
         for (log, end) in ends {
-            log.advance_high_watermark(end);
+            log.mark_durable(end);
         }
+        shared.flushed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }

@@ -91,6 +91,35 @@ pub enum BrokerError {
         #[source]
         source: LogError,
     },
+    /// acks=all with fewer in-sync replicas than `min.insync.replicas`: refused, nothing
+    /// appended (Kafka's NOT_ENOUGH_REPLICAS).
+    #[error("NOT_ENOUGH_REPLICAS: topic `{topic}` partition {partition} has {} in-sync replicas {isr:?}, min.insync.replicas is {min}; nothing was appended", isr.len())]
+    NotEnoughReplicas {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The in-sync replicas.
+        isr: Vec<i32>,
+        /// The topic's `min.insync.replicas`.
+        min: i32,
+    },
+    /// A replication request with a leader epoch other than the partition's here.
+    #[error("{topic}/{partition}: {code}: the request is for leader epoch {asked}, broker {broker} is at {current}")]
+    LeaderEpoch {
+        /// FENCED_LEADER_EPOCH (the request's is older) or UNKNOWN_LEADER_EPOCH (newer).
+        code: &'static str,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The request's epoch.
+        asked: i32,
+        /// This broker's epoch.
+        current: i32,
+        /// This broker.
+        broker: i32,
+    },
     /// acks=all did not become durable in time.
     #[error("topic `{topic}` partition {partition}: records appended but not durable within {millis} ms")]
     DurabilityTimeout {
@@ -189,6 +218,8 @@ impl BrokerError {
             BrokerError::RequestTooLarge { .. } => Code::ResourceExhausted,
             BrokerError::Log { source, .. } => log_code(source),
             BrokerError::DurabilityTimeout { .. } => Code::DeadlineExceeded,
+            BrokerError::NotEnoughReplicas { .. } => Code::Unavailable,
+            BrokerError::LeaderEpoch { .. } => Code::FailedPrecondition,
             BrokerError::CorruptBatch { .. } => Code::DataLoss,
             BrokerError::Storage(_) | BrokerError::AppendAborted { .. } => Code::Internal,
             BrokerError::ShuttingDown | BrokerError::ProducerIdsExhausted { .. } => {
@@ -250,6 +281,7 @@ fn log_code(e: &LogError) -> Code {
         LogError::OutOfOrderSequence { .. } | LogError::ProducerFenced { .. } => Code::Aborted,
         LogError::Storage(_) => Code::Internal,
         LogError::Offline(_) => Code::Unavailable,
+        LogError::NotLeader | LogError::Replication(_) => Code::FailedPrecondition,
     }
 }
 

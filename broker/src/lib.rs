@@ -3,7 +3,7 @@
 //! Layout: [`codec`](runnel_codec) validates batches; [`storage`] keeps them; [`log`] applies
 //! Kafka's rules per partition; [`appender`] threads run the appends; [`durability`] makes them
 //! durable by group commit; [`broker`] ties partitions to metadata; [`groups`] coordinates
-//! consumer groups; [`service`] is the gRPC edge; [`server`] runs the process.
+//! consumer groups; [`replication`] copies partitions between brokers; [`service`] is the gRPC edge; [`server`] runs the process.
 
 pub mod appender;
 pub mod broker;
@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod producer_ids;
 pub mod records;
+pub mod replication;
 pub mod retention;
 pub mod server;
 pub mod service;

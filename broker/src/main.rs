@@ -81,6 +81,9 @@ struct Flags {
     /// Partitions of `__consumer_offsets` when a standalone broker creates it (default 50).
     #[arg(long)]
     offsets_topic_partitions: Option<i32>,
+    /// A follower that has not caught up for this long leaves the ISR (replica.lag.time.max.ms).
+    #[arg(long)]
+    replica_lag_time_max_ms: Option<i64>,
 }
 
 impl Flags {
@@ -110,6 +113,7 @@ impl Flags {
             group_min_session_timeout_ms: self.group_min_session_timeout_ms,
             group_heartbeat_interval_ms: self.group_heartbeat_interval_ms,
             offsets_topic_partitions: self.offsets_topic_partitions,
+            replica_lag_time_max_ms: self.replica_lag_time_max_ms,
         }
     }
 }

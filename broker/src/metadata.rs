@@ -69,6 +69,9 @@ pub fn log_config(config: Option<&TopicConfig>, defaults: &LogConfig) -> LogConf
         min_cleanable_dirty_ratio: c
             .min_cleanable_dirty_ratio
             .unwrap_or(defaults.min_cleanable_dirty_ratio),
+        min_insync_replicas: c
+            .min_insync_replicas
+            .unwrap_or(defaults.min_insync_replicas),
     }
 }
 

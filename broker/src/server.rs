@@ -4,12 +4,13 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::groups::Coordinator;
 use crate::metrics::{self, Metrics};
-use crate::service::{AdminService, BrokerService, GroupsService, MAX_MESSAGE_BYTES};
+use crate::service::{AdminService, BrokerService, GroupsService, ReplicaService, MAX_MESSAGE_BYTES};
 use crate::storage::SledStorage;
 use anyhow::Context;
 use runnel_proto::v1::admin_server::AdminServer;
 use runnel_proto::v1::broker_server::BrokerServer;
 use runnel_proto::v1::groups_server::GroupsServer;
+use runnel_proto::v1::replica_server::ReplicaServer;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await;
     health_reporter
         .set_serving::<GroupsServer<GroupsService<SledStorage>>>()
+        .await;
+    health_reporter
+        .set_serving::<ReplicaServer<ReplicaService<SledStorage>>>()
         .await;
     // Reflection in both versions: stock grpcio and older grpcurl speak only v1alpha.
     let reflection = || {
@@ -191,6 +195,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let groups = GroupsServer::new(GroupsService::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let replica = ReplicaServer::new(ReplicaService::new(broker.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tokio::spawn(crate::replication::run(broker.clone()));
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // HTTP/2's default 64 KiB windows allow one batch per round trip; producers pipeline
@@ -206,6 +214,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(data)
         .add_service(admin)
         .add_service(groups)
+        .add_service(replica)
         .serve_with_incoming_shutdown(
             // The builder's tcp_nodelay applies only to listeners tonic binds itself; without
             // it on accepted sockets, Nagle's algorithm holds small answers for ~40 ms.

@@ -4,6 +4,7 @@
 mod control;
 mod maintenance;
 mod pending;
+mod roles;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +61,9 @@ pub struct BrokerSettings {
     pub groups: crate::groups::GroupSettings,
     /// Partitions of `__consumer_offsets` when this broker creates it (standalone).
     pub offsets_topic_partitions: i32,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up for this long leaves the
+    /// ISR.
+    pub replica_lag_time_max_ms: i64,
 }
 
 /// How durable a produce must be before it is answered.
@@ -110,6 +114,12 @@ pub struct Broker<S: Storage> {
     metadata_change: Mutex<()>,
     /// Turns of the keyless placement of plain records.
     keyless_turn: AtomicU64,
+    /// The partitions led here, with their followers' state.
+    leading: Mutex<HashMap<(String, i32), Arc<Mutex<crate::replication::IsrTracker>>>>,
+    /// Counts stored appends: the streams to followers wait on it.
+    appended: watch::Sender<u64>,
+    /// Counts metadata changes: the followers' fetchers wait on it.
+    metadata_changed: watch::Sender<u64>,
 }
 
 impl<S: Storage> std::fmt::Debug for Broker<S> {
@@ -174,11 +184,20 @@ impl<S: Storage> Broker<S> {
             applied_epoch: AtomicI64::new(cluster.epoch),
             metadata_change: Mutex::new(()),
             keyless_turn: AtomicU64::new(0),
+            leading: Mutex::new(HashMap::new()),
+            appended: watch::channel(0).0,
+            metadata_changed: watch::channel(0).0,
             settings,
             storage,
         };
         for (topic, partition) in broker.storage.list_logs()? {
-            broker.open_log(&topic, partition)?;
+            let log = broker.open_log(&topic, partition)?;
+            // What a copy of a replicated partition holds above its checkpoint may not be on
+            // the other copies: it is not committed until they say so.
+            if roles::partition_of(&cluster, &topic, partition).is_some_and(|p| p.replicas.len() > 1)
+            {
+                log.restart_high_watermark();
+            }
         }
         broker.install_metadata(cluster);
         Ok(broker)
@@ -213,7 +232,7 @@ impl<S: Storage> Broker<S> {
         }
     }
 
-    fn open_log(&self, topic: &str, partition: i32) -> Result<Log<S>, BrokerError> {
+    pub(crate) fn open_log(&self, topic: &str, partition: i32) -> Result<Log<S>, BrokerError> {
         if let Some(l) = self.logs.read().get(&(topic.to_string(), partition)) {
             return Ok(l.clone());
         }
@@ -222,6 +241,8 @@ impl<S: Storage> Broker<S> {
             return Ok(l.clone());
         }
         let log = self.recover_log(topic, partition)?;
+        // Under the logs' lock: a metadata change either sees this copy or is seen here.
+        self.apply_role(&self.metadata.read().cluster.clone(), topic, partition, &log);
         logs.insert((topic.to_string(), partition), log.clone());
         self.metrics.partitions.set(logs.len() as i64);
         Ok(log)
@@ -265,6 +286,7 @@ impl<S: Storage> Broker<S> {
             cluster,
             log_configs,
         });
+        self.apply_roles();
     }
 
     fn persist_metadata(&self, cluster: &ClusterMetadata) -> Result<(), BrokerError> {
@@ -381,7 +403,7 @@ impl<S: Storage> Broker<S> {
         batches: &[Bytes],
         acks: Acks,
     ) -> Result<AppendOutcome, BrokerError> {
-        self.queue_append(topic, partition, batches)?
+        self.queue_append(topic, partition, batches, acks)?
             .acked(acks)
             .await
     }
@@ -394,8 +416,9 @@ impl<S: Storage> Broker<S> {
         topic: &str,
         partition: i32,
         batches: &[Bytes],
+        acks: Acks,
     ) -> Result<PendingAppend, BrokerError> {
-        let (reserved, mut pending) = self.reserve(topic, partition, batches)?;
+        let (reserved, mut pending) = self.reserve(topic, partition, batches, acks)?;
         if let Some(r) = reserved {
             let broker = self.clone();
             pending.stored = Some(
@@ -413,6 +436,7 @@ impl<S: Storage> Broker<S> {
         topic: &str,
         partition: i32,
         batches: &[Bytes],
+        acks: Acks,
     ) -> Result<(Option<Reserved<S>>, PendingAppend), BrokerError> {
         if *self.shutdown.borrow() {
             return Err(BrokerError::ShuttingDown);
@@ -423,6 +447,9 @@ impl<S: Storage> Broker<S> {
             }
             other => other?,
         };
+        if acks == Acks::All {
+            self.check_min_isr(topic, partition, &config)?;
+        }
         let reservation = log
             .reserve(
                 batches,
@@ -469,6 +496,7 @@ impl<S: Storage> Broker<S> {
             return Err(BrokerError::log(&r.topic, r.partition, e));
         }
         self.group_commit.mark_dirty(&r.topic, r.partition, &r.log);
+        self.note_appended();
         Ok(())
     }
 

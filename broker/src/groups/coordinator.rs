@@ -504,7 +504,12 @@ impl<S: Storage> Coordinator<S> {
             .build()
             .map_err(|e| BrokerError::InvalidRequest(format!("offset records: {e}")))?;
         self.broker
-            .queue_append(OFFSETS_TOPIC, p, std::slice::from_ref(&batch))
+            .queue_append(
+                OFFSETS_TOPIC,
+                p,
+                std::slice::from_ref(&batch),
+                crate::broker::Acks::All,
+            )
     }
 
     /// The committed offsets of `group` (all, or those of `only`).

@@ -55,8 +55,10 @@ impl BatchMeta {
 
 /// Bytes of an encoded index entry (the base offset is its key).
 const ENTRY_LEN: usize = 4 + 8 + 4 + 8 + 2 + 4 + 4;
+/// Version byte of the checkpoint record before it carried the leader epochs.
+const CHECKPOINT_V1: u8 = 1;
 /// Version byte of the checkpoint record.
-const CHECKPOINT_VERSION: u8 = 1;
+const CHECKPOINT_VERSION: u8 = 2;
 
 /// A stored index entry or checkpoint that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +127,9 @@ pub struct Checkpoint {
     /// Compaction has cleaned the log below this offset: what is above it, up to `end_offset`,
     /// is its dirty part.
     pub cleaned_offset: i64,
+    /// The leader epochs of the batches below `end_offset`: (epoch, offset of its first batch),
+    /// ascending (Kafka's leader-epoch checkpoint). Empty in a version 1 record.
+    pub epochs: Vec<(i32, i64)>,
     /// The idempotent producers' state at `end_offset`, encoded by the log.
     pub producers: Vec<u8>,
 }
@@ -132,29 +137,58 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Its stored form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(25 + self.producers.len());
+        let mut v = Vec::with_capacity(29 + 12 * self.epochs.len() + self.producers.len());
         v.push(CHECKPOINT_VERSION);
         v.extend_from_slice(&self.end_offset.to_be_bytes());
         v.extend_from_slice(&self.log_start_offset.to_be_bytes());
         v.extend_from_slice(&self.cleaned_offset.to_be_bytes());
+        v.extend_from_slice(&(self.epochs.len() as u32).to_be_bytes());
+        for (epoch, start) in &self.epochs {
+            v.extend_from_slice(&epoch.to_be_bytes());
+            v.extend_from_slice(&start.to_be_bytes());
+        }
         v.extend_from_slice(&self.producers);
         v
     }
 
     /// Reads a stored checkpoint.
     pub fn decode(b: &[u8]) -> Result<Self, IndexCorrupt> {
+        let i64_at = |rest: &[u8], i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&rest[i..i + 8]);
+            i64::from_be_bytes(a)
+        };
         match b {
-            [CHECKPOINT_VERSION, rest @ ..] if rest.len() >= 24 => {
-                let at = |i: usize| {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&rest[i..i + 8]);
-                    i64::from_be_bytes(a)
-                };
+            [version @ (CHECKPOINT_V1 | CHECKPOINT_VERSION), rest @ ..] if rest.len() >= 24 => {
+                let mut at = 24;
+                let mut epochs = Vec::new();
+                if *version == CHECKPOINT_VERSION {
+                    let count = rest
+                        .get(24..28)
+                        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+                        .ok_or_else(|| IndexCorrupt("checkpoint record without its epochs".into()))?;
+                    at = 28;
+                    if rest.len() < at + 12 * count {
+                        return Err(IndexCorrupt(format!(
+                            "checkpoint record of {} bytes is too short for its {count} epochs",
+                            b.len()
+                        )));
+                    }
+                    for _ in 0..count {
+                        let e = &rest[at..at + 4];
+                        epochs.push((
+                            i32::from_be_bytes([e[0], e[1], e[2], e[3]]),
+                            i64_at(rest, at + 4),
+                        ));
+                        at += 12;
+                    }
+                }
                 Ok(Checkpoint {
-                    end_offset: at(0),
-                    log_start_offset: at(8),
-                    cleaned_offset: at(16),
-                    producers: rest[24..].to_vec(),
+                    end_offset: i64_at(rest, 0),
+                    log_start_offset: i64_at(rest, 8),
+                    cleaned_offset: i64_at(rest, 16),
+                    epochs,
+                    producers: rest[at..].to_vec(),
                 })
             }
             _ => Err(IndexCorrupt(format!(
@@ -185,6 +219,7 @@ mod tests {
             end in any::<i64>(),
             start in any::<i64>(),
             cleaned in any::<i64>(),
+            epochs in proptest::collection::vec((any::<i32>(), any::<i64>()), 0..5),
         ) {
             let m = BatchMeta {
                 base_offset: base,
@@ -197,7 +232,7 @@ mod tests {
                 records_count: count,
             };
             prop_assert_eq!(decode_entry(base, &encode_entry(&m)), Ok(m));
-            let c = Checkpoint { end_offset: end, log_start_offset: start, cleaned_offset: cleaned, producers: vec![1, 2, 3] };
+            let c = Checkpoint { end_offset: end, log_start_offset: start, cleaned_offset: cleaned, epochs, producers: vec![1, 2, 3] };
             prop_assert_eq!(Checkpoint::decode(&c.encode()), Ok(c));
         }
     }
@@ -206,6 +241,16 @@ mod tests {
     fn damaged_records_are_refused() {
         assert!(decode_entry(0, &[0; 5]).is_err());
         assert!(Checkpoint::decode(&[9; 25]).is_err());
+        // A version 1 record (before epochs) still reads, with no epochs.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&[0; 24]);
+        v1.extend_from_slice(&[7, 7]);
+        let c = Checkpoint::decode(&v1).expect("v1");
+        assert_eq!((c.epochs.len(), c.producers), (0, vec![7, 7]));
+        let mut short = vec![2u8];
+        short.extend_from_slice(&[0; 24]);
+        short.extend_from_slice(&5u32.to_be_bytes());
+        assert!(Checkpoint::decode(&short).is_err());
         assert!(Checkpoint::decode(&[1; 20]).is_err());
         assert!(Checkpoint::decode(&[]).is_err());
     }

@@ -14,11 +14,14 @@ pub mod index;
 mod model_tests;
 mod producer;
 mod recovery;
+mod replica;
 #[cfg(test)]
 mod tests;
 
 pub use checks::check_batch;
 pub use cleanup::Cleaned;
+pub use replica::{truncation_point, Commit, EpochEnd, Role};
+use replica::note_epoch;
 
 use crate::compaction::{self, Candidate, KeyMap};
 use crate::retention::retention_cut;
@@ -120,6 +123,12 @@ pub enum LogError {
     /// directory offline).
     #[error("the log is offline since a write failed: {0}")]
     Offline(String),
+    /// Produced batches came to a copy that follows another broker.
+    #[error("this copy of the partition follows the leader and takes no produce")]
+    NotLeader,
+    /// Batches from the leader that do not continue this copy.
+    #[error("replicated batches refused: {0}")]
+    Replication(String),
 }
 
 /// The per-topic settings a log obeys.
@@ -144,6 +153,8 @@ pub struct LogConfig {
     /// `min.cleanable.dirty.ratio`: the share of the cleanable log written since the last
     /// cleaning that starts the next one.
     pub min_cleanable_dirty_ratio: f64,
+    /// `min.insync.replicas`: acks=all is refused with fewer in-sync replicas.
+    pub min_insync_replicas: i32,
 }
 
 impl Default for LogConfig {
@@ -157,6 +168,7 @@ impl Default for LogConfig {
             compact: false,
             delete_retention_ms: 24 * 3600 * 1000,
             min_cleanable_dirty_ratio: 0.5,
+            min_insync_replicas: 1,
         }
     }
 }
@@ -249,6 +261,16 @@ struct LogState {
     /// Batches stored ahead of a batch still being written: base offset -> next offset.
     stored_out_of_order: BTreeMap<i64, i64>,
     high_watermark: i64,
+    /// Every batch below this offset is on disk (flushed).
+    durable_end: i64,
+    /// Which copies must hold a batch before it is committed.
+    commit: Commit,
+    /// Whether this copy takes produced batches (leader) or the leader's (follower).
+    role: Role,
+    /// The leader epoch stamped on produced batches (-1: none, the client's value stays).
+    leader_epoch: i32,
+    /// (leader epoch, offset of its first batch) for each epoch in the log, ascending.
+    epochs: Vec<(i32, i64)>,
     index: VecDeque<BatchMeta>,
     size_bytes: u64,
     producers: Producers,
@@ -327,6 +349,9 @@ impl<L: BatchLog> PartitionLog<L> {
         // earlier batches and the flusher need meanwhile. A duplicate's copy is wasted; rare.
         let buffers: Vec<L::Buf> = batches.iter().map(|b| L::buffer(b)).collect();
         let mut state = self.state.lock();
+        if state.role == Role::Follower {
+            return Err(LogError::NotLeader);
+        }
         let decisions = state
             .producers
             .check_all(&headers)
@@ -350,6 +375,11 @@ impl<L: BatchLog> PartitionLog<L> {
             }
             let base = state.log_end_offset;
             codec::set_base_offset(batch.as_mut(), base);
+            let epoch = state.leader_epoch;
+            if epoch >= 0 {
+                codec::set_partition_leader_epoch(batch.as_mut(), epoch);
+                note_epoch(&mut state.epochs, epoch, base);
+            }
             let mut stored = *h;
             stored.base_offset = base;
             if config.log_append_time {
@@ -438,15 +468,31 @@ impl<L: BatchLog> PartitionLog<L> {
         self.state.lock().stored_end
     }
 
-    /// Moves the high watermark up to `offset` (never down, never past the stored prefix) and
-    /// wakes readers and waiters.
-    pub fn advance_high_watermark(&self, offset: i64) {
+    /// Records that the storage has made every batch below `offset` durable (never past the
+    /// stored prefix), and moves the high watermark as the commit rule allows (see
+    /// [`Commit`]): with this copy alone, up to `offset`.
+    pub fn mark_durable(&self, offset: i64) {
         let mut state = self.state.lock();
         let to = offset.min(state.stored_end);
+        if to > state.durable_end {
+            state.durable_end = to;
+            self.raise_high_watermark(&mut state);
+        }
+    }
+
+    /// Moves the high watermark to what the commit rule gives, never down, and wakes readers
+    /// and waiters.
+    fn raise_high_watermark(&self, state: &mut LogState) {
+        let to = state.commit.high_watermark(state.durable_end);
         if to > state.high_watermark {
             state.high_watermark = to;
             self.high_watermark.send_replace(to);
         }
+    }
+
+    /// The offset below which this copy is durable.
+    pub fn durable_end_offset(&self) -> i64 {
+        self.state.lock().durable_end
     }
 
     /// A receiver that sees every high watermark change (long-poll fetch, acks=all, subscribe).

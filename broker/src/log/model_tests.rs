@@ -473,7 +473,7 @@ fn run(ops: Vec<Op>, compacted: bool) -> Result<(), TestCaseError> {
             }
             Op::Flush => {
                 if !model.offline {
-                    log.advance_high_watermark(log.log_end_offset());
+                    log.mark_durable(log.log_end_offset());
                     model.high_watermark = model.log_end;
                 }
             }

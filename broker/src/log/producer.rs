@@ -102,20 +102,45 @@ impl Producers {
 
     /// Records a batch appended at `base_offset`.
     pub(crate) fn record(&mut self, h: &BatchHeader, base_offset: i64, now_ms: i64) {
-        let p = self.by_id.entry(h.producer_id).or_default();
-        if h.producer_epoch != p.epoch {
-            p.epoch = h.producer_epoch;
+        self.record_range(
+            h.producer_id,
+            h.producer_epoch,
+            SequenceRange {
+                first_seq: h.base_sequence,
+                last_seq: last_sequence(h),
+                base_offset,
+                last_offset: base_offset + i64::from(h.last_offset_delta),
+            },
+            now_ms,
+        );
+    }
+
+    /// Records a stored batch from its index entry (a truncated log rebuilds its state so).
+    pub(crate) fn record_meta(&mut self, m: &super::index::BatchMeta, now_ms: i64) {
+        let delta = (m.last_offset - m.base_offset) as i32;
+        self.record_range(
+            m.producer_id,
+            m.producer_epoch,
+            SequenceRange {
+                first_seq: m.base_sequence,
+                last_seq: m.base_sequence.wrapping_add(delta) & i32::MAX,
+                base_offset: m.base_offset,
+                last_offset: m.last_offset,
+            },
+            now_ms,
+        );
+    }
+
+    fn record_range(&mut self, producer_id: i64, epoch: i16, range: SequenceRange, now_ms: i64) {
+        let p = self.by_id.entry(producer_id).or_default();
+        if epoch != p.epoch {
+            p.epoch = epoch;
             p.recent.clear();
         }
         if p.recent.len() == PRODUCER_WINDOW {
             p.recent.pop_front();
         }
-        p.recent.push_back(SequenceRange {
-            first_seq: h.base_sequence,
-            last_seq: last_sequence(h),
-            base_offset,
-            last_offset: base_offset + i64::from(h.last_offset_delta),
-        });
+        p.recent.push_back(range);
         p.last_append_ms = p.last_append_ms.max(now_ms);
     }
 

@@ -18,6 +18,7 @@ impl<L: BatchLog> PartitionLog<L> {
                 end_offset: 0,
                 log_start_offset: legacy_log_start,
                 cleaned_offset: 0,
+                epochs: Vec::new(),
                 producers: Vec::new(),
             },
         };
@@ -57,6 +58,12 @@ impl<L: BatchLog> PartitionLog<L> {
         };
         let mut unchecked_bytes = 0u64;
         let mut truncated = Vec::new();
+        let mut epochs: Vec<(i32, i64)> = checkpoint
+            .epochs
+            .iter()
+            .copied()
+            .filter(|(_, start)| *start < checkpoint.end_offset)
+            .collect();
         let tail_from = checkpoint.end_offset.max(log_start_floor);
         store.scan_from(tail_from, &mut |base, batch| {
             if !truncated.is_empty() || expected.is_some_and(|e| base != e) {
@@ -76,6 +83,7 @@ impl<L: BatchLog> PartitionLog<L> {
             if h.producer_id != NO_PRODUCER_ID {
                 producers.record(&h, base, now_ms);
             }
+            note_epoch(&mut epochs, h.partition_leader_epoch, base);
             size_bytes += meta.size;
             unchecked_bytes += meta.size;
             expected = Some(meta.next_offset());
@@ -100,8 +108,11 @@ impl<L: BatchLog> PartitionLog<L> {
                 .map_or(log_end_offset, |b| b.base_offset)
                 .max(log_start_floor)
         };
-        // Everything found on disk at start is durable: it is what a crash left.
+        // Everything found on disk at start is durable: it is what a crash left. A copy of a
+        // replicated partition lowers its high watermark to the checkpoint's
+        // ([`Self::restart_high_watermark`]): what lies above it may not be on the other copies.
         let (high_watermark, _) = watch::channel(log_end_offset);
+        let leader_epoch = epochs.last().map_or(-1, |(e, _)| *e);
         Ok(Self {
             store,
             state: Mutex::new(LogState {
@@ -110,6 +121,11 @@ impl<L: BatchLog> PartitionLog<L> {
                 stored_end: log_end_offset,
                 stored_out_of_order: BTreeMap::new(),
                 high_watermark: log_end_offset,
+                durable_end: log_end_offset,
+                commit: Commit::Local,
+                role: Role::Leader,
+                leader_epoch,
+                epochs,
                 index,
                 size_bytes,
                 producers,
@@ -153,6 +169,7 @@ impl<L: BatchLog> PartitionLog<L> {
             let next = Checkpoint {
                 end_offset: end,
                 producers: s.producers.snapshot_below(end),
+                epochs: s.epochs.clone(),
                 ..s.checkpoint.clone()
             };
             (entries, next)

@@ -34,7 +34,7 @@ mod log {
                 .expect("recover");
             log.append(&[batch(2, 1, None)], &config(), &AppendContext::at(0))
                 .expect("append");
-            log.advance_high_watermark(log.log_end_offset());
+            log.mark_durable(log.log_end_offset());
             let mut waiter = log.watch_high_watermark();
             waiter.borrow_and_update();
             let flag = if panics {
@@ -94,7 +94,7 @@ mod log {
         // Nothing is visible until durable.
         assert!(log.read(0, 1 << 20).expect("read").batches.is_empty());
         storage.flush().expect("flush");
-        log.advance_high_watermark(log.log_end_offset());
+        log.mark_durable(log.log_end_offset());
         let r = log.read(4, 1 << 20).expect("read");
         assert_eq!(r.high_watermark, 6);
         assert_eq!(r.batches.len(), 2, "starts with the batch holding offset 4");
@@ -288,7 +288,7 @@ mod log {
             .append(&[batch(2, 5, None)], &cfg, &AppendContext::at(123_456))
             .expect("append");
         assert_eq!(out.log_append_time_ms, 123_456);
-        log.advance_high_watermark(2);
+        log.mark_durable(2);
         let r = log.read(0, 1 << 20).expect("read");
         let h = codec::validate_batch(&r.batches[0]).expect("valid after stamping");
         assert_eq!(h.max_timestamp, 123_456);
@@ -326,11 +326,11 @@ mod concurrent_store {
         // The later batch is stored first: nothing may become visible yet.
         log.write(second).expect("write");
         assert_eq!(log.stored_end_offset(), 0);
-        log.advance_high_watermark(5);
+        log.mark_durable(5);
         assert_eq!(log.summary().high_watermark, 0);
         log.write(first).expect("write");
         assert_eq!(log.stored_end_offset(), 5);
-        log.advance_high_watermark(5);
+        log.mark_durable(5);
         assert_eq!(log.summary().high_watermark, 5);
     }
 
@@ -449,14 +449,14 @@ mod concurrent_store {
             log.append(&[idempotent(1, seq)], &cfg, &AppendContext::at(0))
                 .expect("append");
         }
-        log.advance_high_watermark(log.log_end_offset());
+        log.mark_durable(log.log_end_offset());
         assert_eq!(log.checkpoint().expect("checkpoint"), Some(100));
         assert_eq!(log.checkpoint().expect("again"), None, "nothing new");
         for seq in 100..103 {
             log.append(&[idempotent(1, seq)], &cfg, &AppendContext::at(0))
                 .expect("append");
         }
-        log.advance_high_watermark(log.log_end_offset());
+        log.mark_durable(log.log_end_offset());
         let before = log.summary();
         drop(log);
 
@@ -494,7 +494,7 @@ mod concurrent_store {
             log.append(&[batch(1)], &cfg, &AppendContext::at(0))
                 .expect("append");
         }
-        log.advance_high_watermark(10);
+        log.mark_durable(10);
         log.checkpoint().expect("checkpoint");
         let flushes = std::sync::atomic::AtomicUsize::new(0);
         let keep_four = LogConfig {
@@ -603,7 +603,7 @@ mod concurrent_store {
             &ctx,
         )
         .expect("append");
-        log.advance_high_watermark(log.log_end_offset());
+        log.mark_durable(log.log_end_offset());
         // Nothing is cleaned beyond the checkpoint.
         assert!(log.compact(&cfg, 10_500).expect("compact").is_none());
         log.checkpoint().expect("checkpoint");
@@ -636,7 +636,7 @@ mod concurrent_store {
         // Past delete.retention.ms the tombstone goes too, and a restart sees the same log.
         log.append(&[keyed(&[("d", Some("d1"))], 20_000, None)], &cfg, &ctx)
             .expect("append");
-        log.advance_high_watermark(log.log_end_offset());
+        log.mark_durable(log.log_end_offset());
         log.checkpoint().expect("checkpoint");
         log.compact(&cfg, 20_000).expect("compact").expect("due");
         let after = visible(&log);

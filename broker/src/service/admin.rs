@@ -75,6 +75,9 @@ impl<S: Storage> AdminRpc for AdminService<S> {
                     leader_epoch: meta.map_or(0, |p| p.leader_epoch),
                     is_leader: meta.is_some_and(|p| p.leader == me),
                     batch_count: s.batch_count as i64,
+                    isr: self.broker.wanted_isr(&topic, partition, &log),
+                    durable_end_offset: log.durable_end_offset(),
+                    last_batch_epoch: log.last_batch_epoch(),
                     topic,
                     partition,
                 }

@@ -168,6 +168,7 @@ fn queue<S: Storage>(
     broker: &Arc<Broker<S>>,
     topic: &str,
     appends: Vec<Append>,
+    acks: Acks,
 ) -> Result<Vec<Queued>, BrokerError> {
     if appends.len() > 1 {
         for a in &appends {
@@ -187,7 +188,7 @@ fn queue<S: Storage>(
     }
     let mut queued = Vec::with_capacity(appends.len());
     for a in appends {
-        let pending = broker.queue_append(topic, a.partition, &a.batches);
+        let pending = broker.queue_append(topic, a.partition, &a.batches, acks);
         match pending {
             Ok(pending) => queued.push(Queued {
                 partition: a.partition,
@@ -274,7 +275,7 @@ impl<S: Storage> BrokerService<S> {
         let base = response(req);
         let queued = acks_of(req.acks).and_then(|acks| {
             let appends = plan(&self.broker, req)?;
-            Ok((acks, queue(&self.broker, &req.topic, appends)?))
+            Ok((acks, queue(&self.broker, &req.topic, appends, acks)?))
         });
         (base, queued)
     }

@@ -3,10 +3,12 @@
 mod admin;
 mod data;
 mod groups;
+mod replica;
 
 pub use admin::AdminService;
 pub use data::BrokerService;
 pub use groups::GroupsService;
+pub use replica::ReplicaService;
 
 use crate::broker::Broker;
 use crate::error::BrokerError;
