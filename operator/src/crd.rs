@@ -281,8 +281,8 @@ pub struct TopicConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_cleanable_dirty_ratio: Option<f64>,
-    /// `min.insync.replicas`: accepted and kept, not enforced yet: every partition has one copy
-    /// until replication is built. At most `replicas`.
+    /// `min.insync.replicas`: a produce with `acks=all` is refused with `NOT_ENOUGH_REPLICAS`
+    /// while fewer replicas than this are in sync. At most `replicas`. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub min_insync_replicas: Option<i32>,
@@ -293,6 +293,11 @@ pub struct TopicConfig {
     /// `message.timestamp.type`: the producer's timestamp, or the broker's append time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_timestamp_type: Option<TimestampType>,
+    /// `unclean.leader.election.enable`: when no in-sync replica of a partition is left alive,
+    /// make the most caught-up live replica the leader, losing what only the lost replicas
+    /// held. Default false: the partition stays offline until an in-sync replica is back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclean_leader_election_enable: Option<bool>,
 }
 
 /// Kafka's `cleanup.policy`.
@@ -355,7 +360,8 @@ pub struct PartitionStatus {
     /// Brokers holding a replica; the first is the preferred leader.
     #[serde(default)]
     pub replicas: Vec<i32>,
-    /// In-sync replicas: those caught up with the leader.
+    /// In-sync replicas: those the leader reports caught up with it (less the brokers that
+    /// stopped answering); only they may be elected leader.
     #[serde(default)]
     pub isr: Vec<i32>,
     /// While the partition moves: replicas being added, which join the replica list once they
@@ -727,7 +733,8 @@ mod tests {
                 "minCleanableDirtyRatio",
                 "minInsyncReplicas",
                 "retentionBytes",
-                "retentionMs"
+                "retentionMs",
+                "uncleanLeaderElectionEnable"
             ]
         );
         assert_eq!(

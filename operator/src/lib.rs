@@ -8,5 +8,4 @@ pub mod brokers;
 pub mod controller;
 pub mod crd;
 pub mod lease;
-pub mod partition;
 pub mod producer_ids;

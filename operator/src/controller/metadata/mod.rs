@@ -1,10 +1,10 @@
 //! The metadata controller: for each [`Cluster`], the operator acts as Kafka's controller. It
 //! places the partitions of every [`Topic`] of the Cluster ([`crate::assign`]), decides each
 //! partition's replicas, in-sync replicas and leader from what the brokers report
-//! ([`crate::partition`]), sends the whole metadata to every broker with `Admin.ApplyMetadata`
-//! under a new epoch when any broker holds something else, deletes partition data that no
-//! Topic claims, and writes each Topic's status (per partition: leader, replicas, ISR, offsets,
-//! size; totals; `Ready`).
+//! ([`runnel_control::partition::plan`]: the ISR is the one the leader reports, as in Kafka),
+//! sends the whole metadata to every broker with `Admin.ApplyMetadata` under a new epoch when
+//! any broker holds something else, deletes partition data that no Topic claims, and writes
+//! each Topic's status (per partition: leader, replicas, ISR, offsets, size; totals; `Ready`).
 //!
 //! It runs per Cluster, not per Topic, because the metadata is one document with one epoch:
 //! two Topics reconciled at once would race for it. Topics are watched and mapped to their
@@ -14,7 +14,10 @@
 //! longer exists.
 //!
 //! The decisions are pure functions ([`decide`], [`needs_apply`], [`orphans`],
-//! [`topic_status`]); [`reconcile`] does the I/O.
+//! [`topic_status`]); [`reconcile`] does the I/O. [`partition`] converts between a partition's
+//! entry in a Topic's status and the state [`runnel_control`] plans.
+
+pub mod partition;
 
 use super::{apply_status, cluster, condition, Context, Error, FIELD_MANAGER};
 use crate::assign::{assign, Assignment, BrokerSlot, TopicRequest};
@@ -23,12 +26,12 @@ use crate::crd::{
     CleanupPolicy, Cluster, PartitionStatus, TimestampType, Topic, TopicConfig, TopicStatus,
     TopicTotals,
 };
-use crate::partition::{self, Plan, Report};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
+use runnel_control::partition::{report_from, PartitionState, Report};
 use runnel_proto::v1 as pb;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -86,22 +89,13 @@ pub fn internal_topics(cluster: &Cluster) -> Vec<Topic> {
 
 /// The placement of an internal topic for the Cluster's status: leaders, replicas and ISR,
 /// without the offsets, which change with every commit.
-pub fn internal_status(name: &str, plans: &[Plan]) -> crate::crd::InternalTopicStatus {
+pub fn internal_status(name: &str, plans: &[PartitionState]) -> crate::crd::InternalTopicStatus {
     crate::crd::InternalTopicStatus {
         name: name.to_string(),
         partitions: plans
             .iter()
             .zip(0..)
-            .map(|(plan, p)| PartitionStatus {
-                partition: p,
-                leader: (plan.leader >= 0).then_some(plan.leader),
-                leader_epoch: Some(plan.leader_epoch),
-                replicas: plan.replicas.clone(),
-                isr: plan.isr.clone(),
-                adding_replicas: plan.adding.clone(),
-                removing_replicas: plan.removing.clone(),
-                ..PartitionStatus::default()
-            })
+            .map(|(plan, p)| partition::status(p, plan, None, None))
             .collect(),
     }
 }
@@ -139,6 +133,7 @@ pub fn wire_config(config: &TopicConfig) -> pb::TopicConfig {
             }
             .to_string()
         }),
+        unclean_leader_election_enable: config.unclean_leader_election_enable,
     }
 }
 
@@ -149,8 +144,8 @@ pub struct TopicDecision {
     pub resource: String,
     /// Its name in the cluster.
     pub name: String,
-    /// One plan per partition; empty when `error` is set.
-    pub plans: Vec<Plan>,
+    /// The planned state of each partition; empty when `error` is set.
+    pub plans: Vec<PartitionState>,
     /// Why the Topic could not be placed.
     pub error: Option<String>,
 }
@@ -198,15 +193,7 @@ impl Reports {
                     .or_default()
                     .entry(p.partition)
                     .or_default()
-                    .insert(
-                        *id,
-                        Report {
-                            log_start_offset: p.log_start_offset,
-                            log_end_offset: p.log_end_offset,
-                            high_watermark: p.high_watermark,
-                            size_bytes: p.size_bytes,
-                        },
-                    );
+                    .insert(*id, report_from(p));
             }
         }
         Reports {
@@ -345,21 +332,28 @@ pub fn decide(
     let mut wire_topics = Vec::new();
     for (name, topic) in &placeable {
         let targets = assignment.topics.get(name).cloned().unwrap_or_default();
-        let previous: BTreeMap<i32, &PartitionStatus> = topic
+        let previous: BTreeMap<i32, PartitionState> = topic
             .status
             .iter()
             .flat_map(|s| &s.partitions)
-            .map(|p| (p.partition, p))
+            .filter_map(|p| Some((p.partition, partition::state(p)?)))
             .collect();
-        let plans: Vec<Plan> = targets
+        let unclean = topic
+            .spec
+            .config
+            .unclean_leader_election_enable
+            .unwrap_or(false);
+        let no_reports = BTreeMap::new();
+        let plans: Vec<PartitionState> = targets
             .iter()
             .zip(0..)
             .map(|(target, p)| {
-                partition::plan(
+                runnel_control::plan(
                     target,
-                    previous.get(&p).copied(),
-                    reports.of(name, p).unwrap_or(&BTreeMap::new()),
+                    previous.get(&p),
+                    reports.of(name, p).unwrap_or(&no_reports),
                     &reports.live,
+                    unclean,
                 )
             })
             .collect();
@@ -513,7 +507,7 @@ pub fn topic_status(
         ),
         offline_partitions: count(partitions.iter().filter(|p| p.leader.is_none())),
     };
-    let served = |plan: &Plan, p: i32| reports.holds(plan.leader, &decision.name, p);
+    let served = |plan: &PartitionState, p: i32| reports.holds(plan.leader, &decision.name, p);
     let (ready, reason, message) = if let Some(error) = &decision.error {
         (false, "NotPlaced", error.clone())
     } else if reports.live.is_empty() {

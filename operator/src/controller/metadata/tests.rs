@@ -51,7 +51,7 @@ fn brokers(n: i32) -> Vec<pb::BrokerInfo> {
 }
 
 /// What broker `id` holds after applying `md`: each partition it is a replica of, with
-/// `records` records.
+/// `records` records; where it leads, it asks for the ISR of `md` to stay as it is.
 fn holding(id: i32, md: &pb::ClusterMetadata, records: i64) -> Holdings {
     let partitions = md
         .topics
@@ -67,6 +67,12 @@ fn holding(id: i32, md: &pb::ClusterMetadata, records: i64) -> Holdings {
                     high_watermark: records,
                     size_bytes: records * 100,
                     is_leader: p.leader == id,
+                    leader_epoch: p.leader_epoch,
+                    isr: if p.leader == id {
+                        p.isr.clone()
+                    } else {
+                        Vec::new()
+                    },
                     ..pb::PartitionDescription::default()
                 })
         })
@@ -326,4 +332,128 @@ fn the_status_reports_what_the_leaders_hold() {
     );
     assert_eq!(again.metadata, d.metadata);
     assert!(!needs_apply(&again.metadata, &live, &Reports::new(&live)));
+}
+
+/// The partitions broker `id` reports in `live`, to edit.
+fn described(
+    live: &mut BTreeMap<i32, Holdings>,
+    id: i32,
+) -> impl Iterator<Item = &mut pb::PartitionDescription> {
+    live.get_mut(&id)
+        .into_iter()
+        .flat_map(|h| h.partitions.partitions.iter_mut())
+}
+
+#[test]
+fn the_isr_is_the_one_the_leader_reports_under_the_current_epoch() {
+    let c = cluster(3);
+    let mut t = topic("orders", 1, 3);
+    let none: BTreeMap<i32, Holdings> = (0..3).map(|id| (id, empty(id))).collect();
+    let d = decide(
+        &c,
+        &brokers(3),
+        std::slice::from_ref(&t),
+        &Reports::new(&none),
+    );
+    t.status = Some(topic_status(
+        &t,
+        &d.topics[0],
+        &Reports::new(&none),
+        Timestamp::UNIX_EPOCH,
+    ));
+    let sent = pb::ClusterMetadata {
+        epoch: 1,
+        ..d.metadata.clone()
+    };
+    let p = &sent.topics[0].partitions[0];
+    let (leader, lagging) = (p.leader, p.replicas[2]);
+    let mut live: BTreeMap<i32, Holdings> = (0..3).map(|id| (id, holding(id, &sent, 9))).collect();
+
+    // A report from a deposed leader (another epoch) is not recorded.
+    for d in described(&mut live, leader) {
+        d.leader_epoch = 7;
+        d.isr.retain(|b| *b != lagging);
+    }
+    let again = decide(
+        &c,
+        &brokers(3),
+        std::slice::from_ref(&t),
+        &Reports::new(&live),
+    );
+    assert_eq!(again.metadata, d.metadata);
+
+    // The current leader drops a follower that fell behind: recorded, and it shows.
+    for d in described(&mut live, leader) {
+        d.leader_epoch = 0;
+    }
+    let shrunk = decide(
+        &c,
+        &brokers(3),
+        std::slice::from_ref(&t),
+        &Reports::new(&live),
+    );
+    let p = &shrunk.metadata.topics[0].partitions[0];
+    assert_eq!((p.leader, p.leader_epoch, p.isr.len()), (leader, 0, 2));
+    assert!(!p.isr.contains(&lagging));
+    let s = topic_status(
+        &t,
+        &shrunk.topics[0],
+        &Reports::new(&live),
+        Timestamp::UNIX_EPOCH,
+    );
+    let totals = s.totals.clone().unwrap_or_default();
+    assert_eq!(totals.under_replicated_partitions, 1);
+}
+
+#[test]
+fn unclean_election_follows_the_topic_config() {
+    let c = cluster(2);
+    let mut t = topic("orders", 1, 2);
+    // Broker 0 was the only in-sync replica and is gone; broker 1 holds an older copy.
+    t.status = Some(TopicStatus {
+        partitions: vec![PartitionStatus {
+            partition: 0,
+            leader: Some(0),
+            leader_epoch: Some(3),
+            replicas: vec![0, 1],
+            isr: vec![0],
+            ..PartitionStatus::default()
+        }],
+        ..TopicStatus::default()
+    });
+    let mut h = empty(1);
+    h.partitions.partitions.push(pb::PartitionDescription {
+        topic: "orders".into(),
+        partition: 0,
+        log_end_offset: 4,
+        high_watermark: 4,
+        ..pb::PartitionDescription::default()
+    });
+    let live = BTreeMap::from([(1, h)]);
+    let clean = decide(
+        &c,
+        &brokers(2),
+        std::slice::from_ref(&t),
+        &Reports::new(&live),
+    );
+    let p = &clean.metadata.topics[0].partitions[0];
+    assert_eq!((p.leader, p.leader_epoch, p.isr.clone()), (-1, 4, vec![0]));
+
+    t.spec.config.unclean_leader_election_enable = Some(true);
+    let unclean = decide(
+        &c,
+        &brokers(2),
+        std::slice::from_ref(&t),
+        &Reports::new(&live),
+    );
+    let topic = &unclean.metadata.topics[0];
+    assert_eq!(
+        topic
+            .config
+            .as_ref()
+            .and_then(|c| c.unclean_leader_election_enable),
+        Some(true)
+    );
+    let p = &topic.partitions[0];
+    assert_eq!((p.leader, p.leader_epoch, p.isr.clone()), (1, 4, vec![1]));
 }
