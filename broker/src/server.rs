@@ -4,7 +4,9 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::groups::Coordinator;
 use crate::metrics::{self, Metrics};
-use crate::service::{AdminService, BrokerService, GroupsService, ReplicaService, MAX_MESSAGE_BYTES};
+use crate::service::{
+    AdminService, BrokerService, GroupsService, ReplicaService, MAX_MESSAGE_BYTES,
+};
 use crate::storage::SledStorage;
 use anyhow::Context;
 use runnel_proto::v1::admin_server::AdminServer;

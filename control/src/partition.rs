@@ -30,8 +30,14 @@
 //!   in-sync replica, the most caught-up live replica that reports a copy leads and becomes the
 //!   whole ISR; what only the lost replicas held is gone. Without it the partition is offline
 //!   (leader `-1`) and its ISR unchanged until an in-sync replica is back.
-//! * **The leader epoch** goes up by one whenever the leader changes, also to and from `-1`, and
-//!   never otherwise.
+//! * **A restarted leader leads again only under a new epoch.** A broker that restarts may
+//!   have lost batches it had not synced, which its followers hold; leading again under the
+//!   same epoch it would write other batches at those offsets under that epoch, and followers
+//!   could not tell by epoch where to truncate. So a broker that comes back as the recorded
+//!   leader declines: it reports the current epoch without leading, and the controller elects
+//!   again (possibly the same broker) under the next epoch.
+//! * **The leader epoch** goes up by one whenever the leader changes, also to and from `-1`, or
+//!   the leader declined, and never otherwise.
 //! * **Reassignment** ([KIP-455]): while a target replica is not in sync, the partition is held
 //!   by the union of the current and target replicas, with `adding` (target replicas not yet
 //!   current) and `removing` (current replicas not in the target). Once every target replica is
@@ -79,6 +85,8 @@ pub struct Report {
     pub size_bytes: i64,
     /// Offset below which its copy is on disk (flushed and synced).
     pub durable_end_offset: i64,
+    /// The leader epoch of the metadata the broker holds for the partition.
+    pub held_epoch: i32,
     /// Set when the broker says it leads the partition.
     pub leader: Option<LeaderReport>,
 }
@@ -101,6 +109,7 @@ pub fn report_from(desc: &pb::PartitionDescription) -> Report {
         high_watermark: desc.high_watermark,
         size_bytes: desc.size_bytes,
         durable_end_offset: desc.durable_end_offset,
+        held_epoch: desc.leader_epoch,
         leader: desc.is_leader.then(|| LeaderReport {
             leader_epoch: desc.leader_epoch,
             isr: desc.isr.clone(),
@@ -148,6 +157,11 @@ pub fn plan(
         union.iter().copied().filter(|b| keep(*b)).collect()
     };
     let was_leader = previous.leader;
+    // The recorded leader holds this epoch's metadata but does not lead: it restarted.
+    let declined = live.contains(&was_leader)
+        && reports
+            .get(&was_leader)
+            .is_some_and(|r| r.leader.is_none() && r.held_epoch == previous.leader_epoch);
 
     // The recorded ISR, or what the current leader reports under the current epoch.
     let mut recorded = in_union_order(&|b| previous.isr.contains(&b));
@@ -217,7 +231,7 @@ pub fn plan(
             .collect();
         (union, adding, removing)
     };
-    let leader_epoch = if leader == was_leader {
+    let leader_epoch = if leader == was_leader && !(declined && leader != NO_LEADER) {
         previous.leader_epoch
     } else {
         previous.leader_epoch.saturating_add(1)

@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     first.append(1, Some(b"k"), Some(b"v"), &[]);
     let first = first.build().expect("build");
     log.append(&[first], &config, &AppendContext::at(1)).expect("first append");
-    log.advance_high_watermark(log.log_end_offset());
+    log.mark_durable(log.log_end_offset());
     let before = log.summary();
 
     let Ok(batches) = split_batches(&request)
@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
     match log.append(&batches, &config, &ctx) {
         Err(_) => assert_eq!(log.summary(), before, "a refused request changed the log"),
         Ok(outcome) => {
-            log.advance_high_watermark(log.log_end_offset());
+            log.mark_durable(log.log_end_offset());
             let after = log.summary();
             assert!(after.log_end_offset >= before.log_end_offset);
             assert!(outcome.base_offset <= outcome.last_offset, "{outcome:?}");

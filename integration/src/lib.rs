@@ -2,6 +2,7 @@
 //! port with a temporary data directory, find the real `runnel` CLI, and clean up on drop (also
 //! when a test fails).
 
+pub mod cluster;
 pub mod load;
 
 use anyhow::{bail, Context};
@@ -72,10 +73,19 @@ impl Broker {
     /// Starts a broker in operator mode with the environment of the pod `pod_name` (its id is
     /// the name's ordinal; `POD_IP` is 127.0.0.1): it serves only the metadata it is sent.
     pub fn start_as_pod(data_dir: &Path, pod_name: &str) -> anyhow::Result<Self> {
+        Self::start_as_pod_with(data_dir, pod_name, &[])
+    }
+
+    /// Like [`Broker::start_as_pod`], with more flags.
+    pub fn start_as_pod_with(
+        data_dir: &Path,
+        pod_name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         Self::launch(
             data_dir,
             &data_dir.with_extension("log"),
-            &[],
+            extra,
             Some(pod_name.to_string()),
         )
     }
@@ -176,6 +186,19 @@ impl Broker {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("broker not running")?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
     }
 
     /// SIGTERM, then waits for the exit.

@@ -167,12 +167,23 @@ pub async fn read_back(
     partitions: i32,
     acked: &HashMap<String, (i32, i64)>,
 ) -> anyhow::Result<ReadBack> {
-    let mut data = BrokerClient::connect(endpoint.to_string())
-        .await?
-        .max_decoding_message_size(64 << 20);
+    let endpoints = vec![endpoint.to_string(); partitions.max(0) as usize];
+    read_back_from(&endpoints, topic, acked).await
+}
+
+/// Like [`read_back`], reading partition `p` from `endpoints[p]` (its leader).
+pub async fn read_back_from(
+    endpoints: &[String],
+    topic: &str,
+    acked: &HashMap<String, (i32, i64)>,
+) -> anyhow::Result<ReadBack> {
     let mut read_back: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
     let mut total = 0usize;
-    for p in 0..partitions {
+    for (p, endpoint) in endpoints.iter().enumerate() {
+        let p = p as i32;
+        let mut data = BrokerClient::connect(endpoint.to_string())
+            .await?
+            .max_decoding_message_size(64 << 20);
         let mut offset = 0;
         let mut expected_offset = 0;
         let mut last_seq_of: BTreeMap<String, String> = BTreeMap::new();

@@ -120,6 +120,10 @@ pub struct Broker<S: Storage> {
     appended: watch::Sender<u64>,
     /// Counts metadata changes: the followers' fetchers wait on it.
     metadata_changed: watch::Sender<u64>,
+    /// Replicated partitions this broker led when it started, with that leader epoch: it does
+    /// not lead them again under an epoch up to that one (it may have lost batches its
+    /// followers hold; see [`runnel_control`]'s rule of the restarted leader).
+    fenced_epochs: Mutex<HashMap<(String, i32), i32>>,
 }
 
 impl<S: Storage> std::fmt::Debug for Broker<S> {
@@ -187,14 +191,27 @@ impl<S: Storage> Broker<S> {
             leading: Mutex::new(HashMap::new()),
             appended: watch::channel(0).0,
             metadata_changed: watch::channel(0).0,
+            fenced_epochs: Mutex::new(HashMap::new()),
             settings,
             storage,
         };
+        if !broker.settings.standalone {
+            let me = broker.settings.broker_id;
+            let mut fenced = broker.fenced_epochs.lock();
+            for t in &cluster.topics {
+                for p in &t.partitions {
+                    if p.leader == me && p.replicas.len() > 1 {
+                        fenced.insert((t.name.clone(), p.partition), p.leader_epoch);
+                    }
+                }
+            }
+        }
         for (topic, partition) in broker.storage.list_logs()? {
             let log = broker.open_log(&topic, partition)?;
             // What a copy of a replicated partition holds above its checkpoint may not be on
             // the other copies: it is not committed until they say so.
-            if roles::partition_of(&cluster, &topic, partition).is_some_and(|p| p.replicas.len() > 1)
+            if roles::partition_of(&cluster, &topic, partition)
+                .is_some_and(|p| p.replicas.len() > 1)
             {
                 log.restart_high_watermark();
             }
@@ -242,7 +259,12 @@ impl<S: Storage> Broker<S> {
         }
         let log = self.recover_log(topic, partition)?;
         // Under the logs' lock: a metadata change either sees this copy or is seen here.
-        self.apply_role(&self.metadata.read().cluster.clone(), topic, partition, &log);
+        self.apply_role(
+            &self.metadata.read().cluster.clone(),
+            topic,
+            partition,
+            &log,
+        );
         logs.insert((topic.to_string(), partition), log.clone());
         self.metrics.partitions.set(logs.len() as i64);
         Ok(log)

@@ -18,7 +18,8 @@ impl<S: Storage> Broker<S> {
         self.leading
             .lock()
             .retain(|(t, p), _| leads(&view.cluster, t, *p, self.settings.broker_id));
-        self.metadata_changed.send_modify(|n| *n = n.wrapping_add(1));
+        self.metadata_changed
+            .send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Gives one copy the role `cluster` says.
@@ -36,10 +37,20 @@ impl<S: Storage> Broker<S> {
         if !p.replicas.contains(&me) {
             return;
         }
-        if p.leader != me {
-            self.leading
-                .lock()
-                .remove(&(topic.to_string(), partition));
+        let key = (topic.to_string(), partition);
+        let fenced = {
+            let mut fenced = self.fenced_epochs.lock();
+            match fenced.get(&key) {
+                Some(e) if p.leader_epoch <= *e => true,
+                Some(_) => {
+                    fenced.remove(&key);
+                    false
+                }
+                None => false,
+            }
+        };
+        if p.leader != me || fenced {
+            self.leading.lock().remove(&(topic.to_string(), partition));
             if log.role() != (Role::Follower, p.leader_epoch) {
                 log.become_follower(p.leader_epoch);
             }
@@ -48,7 +59,6 @@ impl<S: Storage> Broker<S> {
         let now = now_ms();
         let tracker = {
             let mut leading = self.leading.lock();
-            let key = (topic.to_string(), partition);
             match leading.get(&key) {
                 Some(t) if t.lock().epoch() == p.leader_epoch => {
                     t.lock().confirm(&p.replicas, &p.isr, now);
@@ -75,6 +85,12 @@ impl<S: Storage> Broker<S> {
         } else {
             log.set_commit(commit);
         }
+    }
+
+    /// Whether this broker leads the partition now (the metadata says so, and it is not a
+    /// leader that restarted waiting for a new epoch).
+    pub fn leads(&self, topic: &str, partition: i32) -> bool {
+        self.leader_state(topic, partition).is_some()
     }
 
     /// The leader state of a partition this broker leads.
@@ -190,7 +206,9 @@ impl<S: Storage> Broker<S> {
         let l = log.clone();
         let end = self
             .appenders
-            .run(topic, partition, move || l.append_replicated(&batches, now_ms()))
+            .run(topic, partition, move || {
+                l.append_replicated(&batches, now_ms())
+            })
             .await
             .map_err(|_| BrokerError::AppendAborted {
                 topic: topic.to_string(),

@@ -503,13 +503,12 @@ impl<S: Storage> Coordinator<S> {
         let batch: Bytes = b
             .build()
             .map_err(|e| BrokerError::InvalidRequest(format!("offset records: {e}")))?;
-        self.broker
-            .queue_append(
-                OFFSETS_TOPIC,
-                p,
-                std::slice::from_ref(&batch),
-                crate::broker::Acks::All,
-            )
+        self.broker.queue_append(
+            OFFSETS_TOPIC,
+            p,
+            std::slice::from_ref(&batch),
+            crate::broker::Acks::All,
+        )
     }
 
     /// The committed offsets of `group` (all, or those of `only`).

@@ -166,7 +166,9 @@ impl Checkpoint {
                     let count = rest
                         .get(24..28)
                         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-                        .ok_or_else(|| IndexCorrupt("checkpoint record without its epochs".into()))?;
+                        .ok_or_else(|| {
+                            IndexCorrupt("checkpoint record without its epochs".into())
+                        })?;
                     at = 28;
                     if rest.len() < at + 12 * count {
                         return Err(IndexCorrupt(format!(

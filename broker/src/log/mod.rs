@@ -20,8 +20,8 @@ mod tests;
 
 pub use checks::check_batch;
 pub use cleanup::Cleaned;
-pub use replica::{truncation_point, Commit, EpochEnd, Role};
 use replica::note_epoch;
+pub use replica::{truncation_point, Commit, EpochEnd, Role};
 
 use crate::compaction::{self, Candidate, KeyMap};
 use crate::retention::retention_cut;

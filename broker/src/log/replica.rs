@@ -164,7 +164,11 @@ impl<L: BatchLog> PartitionLog<L> {
     /// checkpoint covers was committed; what lies above may not be on the other copies.
     pub fn restart_high_watermark(&self) {
         let mut s = self.state.lock();
-        let to = s.checkpoint.end_offset.max(s.log_start_offset).min(s.high_watermark);
+        let to = s
+            .checkpoint
+            .end_offset
+            .max(s.log_start_offset)
+            .min(s.high_watermark);
         s.high_watermark = to;
         self.high_watermark.send_replace(to);
     }
@@ -460,8 +464,12 @@ mod tests {
     }
 
     fn produce<L: BatchLog>(log: &PartitionLog<L>, n: usize, producer: Option<(i64, i32)>) {
-        log.append(&[batch(n, producer)], &LogConfig::default(), &AppendContext::at(1))
-            .expect("append");
+        log.append(
+            &[batch(n, producer)],
+            &LogConfig::default(),
+            &AppendContext::at(1),
+        )
+        .expect("append");
     }
 
     fn stored<L: BatchLog>(log: &PartitionLog<L>) -> Vec<Bytes> {
@@ -473,17 +481,24 @@ mod tests {
     fn a_follower_copies_the_leaders_batches_byte_for_byte_and_commits_by_the_leader() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = SledStorage::open(dir.path()).expect("open");
-        let leader = PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0)
-            .expect("recover");
-        let follower = PartitionLog::recover(storage.open_log("t", 1).expect("log"), 0, 0)
-            .expect("recover");
+        let leader =
+            PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0).expect("recover");
+        let follower =
+            PartitionLog::recover(storage.open_log("t", 1).expect("log"), 0, 0).expect("recover");
         leader.become_leader(4, Commit::Replicated(BTreeMap::from([(1, 0)])));
         follower.become_follower(4);
         produce(&leader, 3, Some((7, 0)));
         produce(&leader, 2, Some((7, 3)));
-        let sent = leader.read_replica(0, usize::MAX).expect("read past the high watermark");
+        let sent = leader
+            .read_replica(0, usize::MAX)
+            .expect("read past the high watermark");
         assert_eq!(sent.len(), 2);
-        assert_eq!(codec::read_header(&sent[0]).expect("h").partition_leader_epoch, 4);
+        assert_eq!(
+            codec::read_header(&sent[0])
+                .expect("h")
+                .partition_leader_epoch,
+            4
+        );
         assert_eq!(follower.append_replicated(&sent, 1).expect("append"), 5);
         assert_eq!(stored(&follower), sent, "byte for byte");
         assert_eq!(follower.epochs(), vec![(4, 0)]);
@@ -499,10 +514,16 @@ mod tests {
         assert_eq!(follower.summary().high_watermark, 5);
         // A follower takes no produce, and refuses batches that do not continue it.
         let e = follower
-            .append(&[batch(1, None)], &LogConfig::default(), &AppendContext::at(1))
+            .append(
+                &[batch(1, None)],
+                &LogConfig::default(),
+                &AppendContext::at(1),
+            )
             .expect_err("follower");
         assert!(matches!(e, LogError::NotLeader), "{e}");
-        let e = follower.append_replicated(&sent[..1], 1).expect_err("overlap");
+        let e = follower
+            .append_replicated(&sent[..1], 1)
+            .expect_err("overlap");
         assert!(e.to_string().contains("does not continue"), "{e}");
         let mut torn = sent[1].to_vec();
         let last = torn.len() - 1;
@@ -515,8 +536,8 @@ mod tests {
     fn truncation_rolls_back_batches_producers_epochs_and_the_checkpoint() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = SledStorage::open(dir.path()).expect("open");
-        let log = PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0)
-            .expect("recover");
+        let log =
+            PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0).expect("recover");
         log.become_leader(1, Commit::Local);
         produce(&log, 2, Some((9, 0)));
         log.become_leader(2, Commit::Local);
@@ -525,12 +546,31 @@ mod tests {
         log.mark_durable(6);
         log.checkpoint().expect("checkpoint");
         assert_eq!(log.epochs(), vec![(1, 0), (2, 2)]);
-        assert_eq!(log.epoch_end(1), EpochEnd { epoch: 1, end_offset: 2 });
-        assert_eq!(log.epoch_end(2), EpochEnd { epoch: 2, end_offset: 6 });
+        assert_eq!(
+            log.epoch_end(1),
+            EpochEnd {
+                epoch: 1,
+                end_offset: 2
+            }
+        );
+        assert_eq!(
+            log.epoch_end(2),
+            EpochEnd {
+                epoch: 2,
+                end_offset: 6
+            }
+        );
         log.become_follower(3);
-        assert_eq!(log.truncate_to(3, 1).expect("truncate"), 2, "from the batch holding 3");
+        assert_eq!(
+            log.truncate_to(3, 1).expect("truncate"),
+            2,
+            "from the batch holding 3"
+        );
         let s = log.summary();
-        assert_eq!((s.log_end_offset, s.high_watermark, s.batch_count), (2, 2, 1));
+        assert_eq!(
+            (s.log_end_offset, s.high_watermark, s.batch_count),
+            (2, 2, 1)
+        );
         assert_eq!(log.epochs(), vec![(1, 0)]);
         assert_eq!(log.last_batch_epoch(), 1);
         // The producer is back at sequence 2: its batch at 2 may come again from the leader.
@@ -540,8 +580,8 @@ mod tests {
         log.mark_durable(4);
         // And a restart sees the truncated log.
         drop(log);
-        let log = PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0)
-            .expect("recover");
+        let log =
+            PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0).expect("recover");
         assert_eq!(log.log_end_offset(), 4);
         assert_eq!(log.epochs(), vec![(1, 0), (3, 2)]);
     }
@@ -550,16 +590,19 @@ mod tests {
     fn a_reset_copy_starts_at_the_leaders_log_start() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = SledStorage::open(dir.path()).expect("open");
-        let log = PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0)
-            .expect("recover");
+        let log =
+            PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0).expect("recover");
         produce(&log, 3, None);
         log.become_follower(1);
         log.reset_to(100).expect("reset");
         let s = log.summary();
-        assert_eq!((s.log_start_offset, s.log_end_offset, s.batch_count), (100, 100, 0));
+        assert_eq!(
+            (s.log_start_offset, s.log_end_offset, s.batch_count),
+            (100, 100, 0)
+        );
         drop(log);
-        let log = PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0)
-            .expect("recover");
+        let log =
+            PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0).expect("recover");
         assert_eq!(log.summary().log_start_offset, 100);
         assert_eq!(log.log_end_offset(), 100);
     }
@@ -568,12 +611,48 @@ mod tests {
     fn epoch_ends_follow_kafka() {
         let epochs = [(0, 0), (2, 50), (5, 80)];
         let end = |asked| epoch_end(&epochs, 100, asked);
-        assert_eq!(end(0), EpochEnd { epoch: 0, end_offset: 50 });
-        assert_eq!(end(1), EpochEnd { epoch: 0, end_offset: 50 });
-        assert_eq!(end(4), EpochEnd { epoch: 2, end_offset: 80 });
-        assert_eq!(end(7), EpochEnd { epoch: 5, end_offset: 100 });
-        assert_eq!(end(-1), EpochEnd { epoch: -1, end_offset: 0 });
-        assert_eq!(epoch_end(&[], 7, 3), EpochEnd { epoch: -1, end_offset: 7 });
+        assert_eq!(
+            end(0),
+            EpochEnd {
+                epoch: 0,
+                end_offset: 50
+            }
+        );
+        assert_eq!(
+            end(1),
+            EpochEnd {
+                epoch: 0,
+                end_offset: 50
+            }
+        );
+        assert_eq!(
+            end(4),
+            EpochEnd {
+                epoch: 2,
+                end_offset: 80
+            }
+        );
+        assert_eq!(
+            end(7),
+            EpochEnd {
+                epoch: 5,
+                end_offset: 100
+            }
+        );
+        assert_eq!(
+            end(-1),
+            EpochEnd {
+                epoch: -1,
+                end_offset: 0
+            }
+        );
+        assert_eq!(
+            epoch_end(&[], 7, 3),
+            EpochEnd {
+                epoch: -1,
+                end_offset: 7
+            }
+        );
     }
 
     #[test]
@@ -582,16 +661,39 @@ mod tests {
         // leader, which led epoch 2 from 55).
         let mine = [(0, 0), (1, 40), (3, 60)];
         // Asked about 3, the leader answers with its largest epoch below: 2, ending at 70.
-        let (cut, done) = truncation_point(&mine, 90, 3, EpochEnd { epoch: 2, end_offset: 70 });
+        let (cut, done) = truncation_point(
+            &mine,
+            90,
+            3,
+            EpochEnd {
+                epoch: 2,
+                end_offset: 70,
+            },
+        );
         // Epoch 2 is not in the follower's copy: its largest below is 1, ending at 60.
         assert_eq!((cut, done), (60, false));
         // Asked about 1 then, the leader says epoch 1 ends at 55: cut there, done.
-        let (cut, done) =
-            truncation_point(&mine[..2], 60, 1, EpochEnd { epoch: 1, end_offset: 55 });
+        let (cut, done) = truncation_point(
+            &mine[..2],
+            60,
+            1,
+            EpochEnd {
+                epoch: 1,
+                end_offset: 55,
+            },
+        );
         assert_eq!((cut, done), (55, true));
         // A leader that holds more of the epoch than the follower: nothing to cut.
         assert_eq!(
-            truncation_point(&mine, 90, 3, EpochEnd { epoch: 3, end_offset: 120 }),
+            truncation_point(
+                &mine,
+                90,
+                3,
+                EpochEnd {
+                    epoch: 3,
+                    end_offset: 120
+                }
+            ),
             (90, true)
         );
     }

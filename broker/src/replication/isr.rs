@@ -79,7 +79,11 @@ impl IsrTracker {
             me,
             epoch,
             replicas: replicas.to_vec(),
-            isr: isr.iter().copied().filter(|b| replicas.contains(b)).collect(),
+            isr: isr
+                .iter()
+                .copied()
+                .filter(|b| replicas.contains(b))
+                .collect(),
             joining: BTreeSet::new(),
             followers,
             epoch_start,
@@ -102,7 +106,11 @@ impl IsrTracker {
         }
         self.followers.retain(|b, _| replicas.contains(b));
         self.replicas = replicas.to_vec();
-        self.isr = isr.iter().copied().filter(|b| replicas.contains(b)).collect();
+        self.isr = isr
+            .iter()
+            .copied()
+            .filter(|b| replicas.contains(b))
+            .collect();
         let isr = &self.isr;
         self.joining.retain(|b| !isr.contains(b));
     }
@@ -115,6 +123,16 @@ impl IsrTracker {
     /// Whether `id` is one of this partition's followers.
     pub fn is_follower(&self, id: i32) -> bool {
         self.followers.contains_key(&id)
+    }
+
+    /// Follower `id` opened a new stream: what it sent before counts no more (it may have
+    /// restarted and lost what it had not synced).
+    pub fn new_session(&mut self, id: i32) {
+        if let Some(f) = self.followers.get_mut(&id) {
+            f.sends.clear();
+            f.seen = false;
+        }
+        self.joining.remove(&id);
     }
 
     /// Notes that data up to `leader_end` was sent to follower `id`.
@@ -142,8 +160,10 @@ impl IsrTracker {
             return;
         };
         f.seen = true;
-        f.log_end = f.log_end.max(log_end);
-        f.durable_end = f.durable_end.max(durable_end);
+        // As reported, also when lower: a follower that restarted lost what it had not synced,
+        // and truncation takes off what the leader does not hold.
+        f.log_end = log_end;
+        f.durable_end = durable_end;
         if f.log_end >= leader_end {
             f.caught_up_ms = now_ms;
             f.sends.clear();
@@ -156,11 +176,12 @@ impl IsrTracker {
                 f.sends.pop_front();
             }
         }
-        if !self.isr.contains(&id)
-            && f.log_end >= self.epoch_start
-            && f.durable_end >= high_watermark
-        {
-            self.joining.insert(id);
+        if !self.isr.contains(&id) {
+            if f.log_end >= self.epoch_start && f.durable_end >= high_watermark {
+                self.joining.insert(id);
+            } else {
+                self.joining.remove(&id);
+            }
         }
     }
 
@@ -242,9 +263,15 @@ mod tests {
     fn a_follower_rejoins_once_it_holds_the_epoch_and_the_committed_batches() {
         let mut t = IsrTracker::new(0, 3, &[0, 1, 2], &[0, 1], 100, LAG, 0);
         t.progress(2, 90, 90, 200, 150, 10);
-        assert!(!t.wanted_isr(200, 10).contains(&2), "before the epoch began");
+        assert!(
+            !t.wanted_isr(200, 10).contains(&2),
+            "before the epoch began"
+        );
         t.progress(2, 160, 140, 200, 150, 20);
-        assert!(!t.wanted_isr(200, 20).contains(&2), "not durable to the high watermark");
+        assert!(
+            !t.wanted_isr(200, 20).contains(&2),
+            "not durable to the high watermark"
+        );
         t.progress(2, 200, 200, 200, 150, 30);
         assert_eq!(t.wanted_isr(200, 30), vec![0, 1, 2]);
         assert_eq!(t.commit_members().get(&2), Some(&200), "counts at once");
@@ -260,6 +287,23 @@ mod tests {
         assert!(!t.wanted_isr(400, 1500).contains(&1));
         t.progress(1, 300, 300, 400, 100, 1600);
         assert!(t.wanted_isr(400, 1600).contains(&1), "caught up as of 900");
+    }
+
+    #[test]
+    fn a_restarted_follower_counts_with_what_it_reports_now() {
+        let mut t = IsrTracker::new(0, 3, &[0, 1, 2], &[0, 1], 100, LAG, 0);
+        t.progress(2, 500, 500, 500, 400, 10);
+        assert!(t.commit_members().contains_key(&2));
+        t.confirm(&[0, 1, 2], &[0, 1], 20);
+        // Out of the ISR, it restarts with less than it reported before.
+        t.confirm(&[0, 1, 2], &[0, 1], 30);
+        t.new_session(2);
+        t.progress(2, 300, 300, 600, 500, 40);
+        assert!(!t.wanted_isr(600, 40).contains(&2));
+        assert!(
+            !t.commit_members().contains_key(&2),
+            "joins only with the committed batches"
+        );
     }
 
     proptest! {

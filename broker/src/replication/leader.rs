@@ -94,7 +94,14 @@ fn admit<S: Storage>(
     follower: i32,
     p: &PartitionProgress,
 ) -> Result<Served<S>, (String, i32, i32, ErrorStatus)> {
-    let refuse = |e: BrokerError| (p.topic.clone(), p.partition, p.leader_epoch, error_status(&e));
+    let refuse = |e: BrokerError| {
+        (
+            p.topic.clone(),
+            p.partition,
+            p.leader_epoch,
+            error_status(&e),
+        )
+    };
     let (log, tracker) = led(broker, &p.topic, p.partition, p.leader_epoch).map_err(refuse)?;
     if !tracker.lock().is_follower(follower) {
         return Err(refuse(BrokerError::InvalidRequest(format!(
@@ -102,6 +109,7 @@ fn admit<S: Storage>(
             p.topic, p.partition
         ))));
     }
+    tracker.lock().new_session(follower);
     let s = log.summary();
     if p.log_end_offset < s.log_start_offset || p.log_end_offset > s.log_end_offset {
         return Err(refuse(BrokerError::log(
@@ -114,7 +122,13 @@ fn admit<S: Storage>(
             },
         )));
     }
-    broker.follower_progress(&tracker, &log, follower, p.log_end_offset, p.durable_end_offset);
+    broker.follower_progress(
+        &tracker,
+        &log,
+        follower,
+        p.log_end_offset,
+        p.durable_end_offset,
+    );
     Ok(Served {
         topic: p.topic.clone(),
         partition: p.partition,

@@ -73,10 +73,7 @@ pub async fn run<S: Storage>(broker: Arc<Broker<S>>) {
         BTreeMap::new();
     loop {
         changed.borrow_and_update();
-        let plan = fetch_plan(
-            &broker.cluster_metadata_view(),
-            broker.settings().broker_id,
-        );
+        let plan = fetch_plan(&broker.cluster_metadata_view(), broker.settings().broker_id);
         running.retain(|leader, (partitions, task)| {
             let keep = plan.get(leader) == Some(partitions) && !task.is_finished();
             if !keep {

@@ -73,7 +73,8 @@ impl<S: Storage> AdminRpc for AdminService<S> {
                     high_watermark: s.high_watermark,
                     size_bytes: s.size_bytes as i64,
                     leader_epoch: meta.map_or(0, |p| p.leader_epoch),
-                    is_leader: meta.is_some_and(|p| p.leader == me),
+                    is_leader: meta.is_some_and(|p| p.leader == me)
+                        && self.broker.leads(&topic, partition),
                     batch_count: s.batch_count as i64,
                     isr: self.broker.wanted_isr(&topic, partition, &log),
                     durable_end_offset: log.durable_end_offset(),

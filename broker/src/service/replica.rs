@@ -5,7 +5,9 @@ use crate::broker::Broker;
 use crate::replication;
 use crate::storage::Storage;
 use runnel_proto::v1::replica_server::Replica;
-use runnel_proto::v1::{LeaderEpochEndRequest, LeaderEpochEndResponse, ReplicaData, ReplicaProgress};
+use runnel_proto::v1::{
+    LeaderEpochEndRequest, LeaderEpochEndResponse, ReplicaData, ReplicaProgress,
+};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -94,6 +94,27 @@ fn a_leader_report_keeps_the_leader_and_only_replicas() {
 }
 
 #[test]
+fn a_restarted_leader_leads_again_only_under_a_new_epoch() {
+    let prev = state(&[0, 1, 2], &[0, 1, 2], 0, 5);
+    // Broker 0 holds epoch 5 but declines to lead it.
+    let declined = Report {
+        held_epoch: 5,
+        ..copy(100)
+    };
+    let reports = BTreeMap::from([(0, declined), (1, copy(120)), (2, copy(110))]);
+    let p = plan(&[0, 1, 2], Some(&prev), &reports, &live(&[0, 1, 2]), false);
+    assert_eq!((p.leader, p.leader_epoch), (0, 6));
+    // Not yet holding the epoch (the metadata is on its way): no new election.
+    let waiting = Report {
+        held_epoch: 4,
+        ..copy(100)
+    };
+    let reports = BTreeMap::from([(0, waiting), (1, copy(120))]);
+    let p = plan(&[0, 1, 2], Some(&prev), &reports, &live(&[0, 1, 2]), false);
+    assert_eq!((p.leader, p.leader_epoch), (0, 5));
+}
+
+#[test]
 fn a_stale_epoch_leader_report_is_ignored() {
     let prev = state(&[0, 1, 2], &[0, 1, 2], 0, 5);
     let reports = BTreeMap::from([(0, leading(100, 4, &[0])), (1, leading(100, 5, &[1]))]);
@@ -202,6 +223,7 @@ fn report_from_reads_a_describe_partitions_entry() {
             high_watermark: 7,
             size_bytes: 90,
             durable_end_offset: 8,
+            held_epoch: 4,
             leader: Some(LeaderReport {
                 leader_epoch: 4,
                 isr: vec![2, 0],
@@ -282,6 +304,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                         b,
                         Report {
                             leader,
+                            // Now the current epoch, now the one before.
+                            held_epoch: base - (leo % 2) as i32,
                             ..copy(leo)
                         },
                     )
@@ -364,7 +388,11 @@ proptest! {
         match &prev {
             None => prop_assert_eq!(p.leader_epoch, 0),
             Some(prev) => {
-                let changed = prev.leader != p.leader;
+                let declined = live.contains(&prev.leader)
+                    && reports.get(&prev.leader).is_some_and(|r| {
+                        r.leader.is_none() && r.held_epoch == prev.leader_epoch
+                    });
+                let changed = prev.leader != p.leader || (declined && p.leader != NO_LEADER);
                 prop_assert_eq!(p.leader_epoch, prev.leader_epoch + i32::from(changed));
             }
         }

@@ -1,0 +1,358 @@
+//! Several brokers on loopback with a stand-in controller, so that replication and failover
+//! are tested fast and deterministically without Kubernetes. The controller is a test harness,
+//! not a second control plane: every [`TICK`] it asks each broker for its partitions
+//! (`Admin.DescribePartitions`, which is also the liveness check), feeds the answers to the
+//! same election code the operator runs ([`runnel_control::next_metadata`]), and sends the
+//! metadata that comes out to every broker that answers.
+
+use crate::Broker;
+use anyhow::{bail, Context};
+use runnel_proto::v1::admin_client::AdminClient;
+use runnel_proto::v1::{
+    ApplyMetadataRequest, BrokerInfo, ClusterMetadata, DescribePartitionsRequest,
+    PartitionMetadata, ProducerIdBlock, TopicConfig, TopicMetadata,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// How often the controller looks at the brokers.
+pub const TICK: Duration = Duration::from_millis(200);
+/// How long a broker has to answer before it counts as down.
+const PATIENCE: Duration = Duration::from_millis(400);
+/// Producer ids each broker may hand out.
+const ID_BLOCK: i64 = 100_000;
+
+/// A change of leader the controller made.
+#[derive(Debug, Clone)]
+pub struct LeaderChange {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The leader before (-1: none).
+    pub from: i32,
+    /// The leader after (-1: none).
+    pub to: i32,
+    /// The new leader epoch.
+    pub epoch: i32,
+    /// When the controller decided it.
+    pub at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    metadata: ClusterMetadata,
+    changes: Vec<LeaderChange>,
+}
+
+/// Brokers `0..n` started as pods `runnel-0`…, and the controller over them.
+#[derive(Debug)]
+pub struct TestCluster {
+    /// The brokers, by id.
+    pub brokers: Vec<Broker>,
+    state: Arc<Mutex<State>>,
+    controller: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.controller.abort();
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl TestCluster {
+    /// Starts `n` brokers with `extra` flags and the controller.
+    pub async fn start(n: usize, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut brokers = Vec::with_capacity(n);
+        for i in 0..n {
+            brokers.push(Broker::start_as_pod_with(
+                &dir.path().join(format!("broker-{i}")),
+                &format!("runnel-{i}"),
+                extra,
+            )?);
+        }
+        let metadata = ClusterMetadata {
+            epoch: 1,
+            brokers: brokers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| BrokerInfo {
+                    id: i as i32,
+                    address: b.address.clone(),
+                    rack: String::new(),
+                })
+                .collect(),
+            topics: Vec::new(),
+            producer_id_blocks: (0..n as i64)
+                .map(|i| ProducerIdBlock {
+                    broker_id: i as i32,
+                    first_id: i * ID_BLOCK,
+                    count: ID_BLOCK,
+                })
+                .collect(),
+            producer_id_end: n as i64 * ID_BLOCK,
+        };
+        let addresses: Vec<String> = brokers.iter().map(|b| b.address.clone()).collect();
+        let state = Arc::new(Mutex::new(State {
+            metadata,
+            changes: Vec::new(),
+        }));
+        let controller = tokio::spawn(control(addresses, state.clone()));
+        Ok(Self {
+            brokers,
+            state,
+            controller,
+            _dir: dir,
+        })
+    }
+
+    /// Every broker's address, for a client's bootstrap.
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .map(|b| b.address.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The metadata the controller holds now.
+    pub fn metadata(&self) -> ClusterMetadata {
+        lock(&self.state).metadata.clone()
+    }
+
+    /// Every leader change so far.
+    pub fn leader_changes(&self) -> Vec<LeaderChange> {
+        lock(&self.state).changes.clone()
+    }
+
+    /// A partition as the controller holds it.
+    pub fn partition(&self, topic: &str, partition: i32) -> PartitionMetadata {
+        self.metadata()
+            .topics
+            .iter()
+            .find(|t| t.name == topic)
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Adds a topic: partition `p` on brokers `p, p+1, …` (mod n), led by the first, every
+    /// replica in sync; and waits until every broker holds it.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replicas: i32,
+        config: TopicConfig,
+    ) -> anyhow::Result<()> {
+        let n = self.brokers.len() as i32;
+        {
+            let mut s = lock(&self.state);
+            let t = TopicMetadata {
+                name: name.to_string(),
+                partitions: (0..partitions)
+                    .map(|p| {
+                        let r: Vec<i32> = (0..replicas).map(|i| (p + i) % n).collect();
+                        PartitionMetadata {
+                            partition: p,
+                            leader: r[0],
+                            leader_epoch: 0,
+                            isr: r.clone(),
+                            replicas: r,
+                        }
+                    })
+                    .collect(),
+                replication_factor: replicas,
+                config: Some(config),
+            };
+            s.metadata.topics.push(t);
+            s.metadata.epoch += 1;
+        }
+        let epoch = self.metadata().epoch;
+        for b in &self.brokers {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let held = describe(&endpoint(&b.address))
+                    .await
+                    .map(|d| d.metadata_epoch);
+                if held.as_ref().is_ok_and(|e| *e >= epoch) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "broker {} did not take metadata epoch {epoch}: {held:?}",
+                        b.address
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the controller's metadata satisfies `done`, at most `patience`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        patience: Duration,
+        done: impl Fn(&ClusterMetadata) -> bool,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if done(&self.metadata()) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > patience {
+                bail!(
+                    "{what}: not within {patience:?}; metadata: {:?}\n{}",
+                    self.metadata().topics,
+                    self.log_tails(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last `lines` lines of each broker's log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.brokers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let log = b.log();
+                let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- broker {i}:\n{}\n", tail.join("\n"))
+            })
+            .collect()
+    }
+
+    /// The address of a partition's leader now.
+    pub fn leader_address(&self, topic: &str, partition: i32) -> Option<String> {
+        let leader = self.partition(topic, partition).leader;
+        usize::try_from(leader)
+            .ok()
+            .and_then(|i| self.brokers.get(i))
+            .map(|b| b.address.clone())
+    }
+}
+
+fn endpoint(address: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{address}"))
+        .expect("a loopback address")
+        .connect_timeout(PATIENCE)
+        .timeout(PATIENCE)
+        .connect_lazy()
+}
+
+async fn describe(
+    channel: &Channel,
+) -> anyhow::Result<runnel_proto::v1::DescribePartitionsResponse> {
+    let r = tokio::time::timeout(
+        PATIENCE,
+        AdminClient::new(channel.clone()).describe_partitions(DescribePartitionsRequest::default()),
+    )
+    .await
+    .context("no answer")??;
+    Ok(r.into_inner())
+}
+
+async fn apply(channel: &Channel, md: &ClusterMetadata) -> anyhow::Result<()> {
+    tokio::time::timeout(
+        PATIENCE,
+        AdminClient::new(channel.clone()).apply_metadata(ApplyMetadataRequest {
+            metadata: Some(md.clone()),
+        }),
+    )
+    .await
+    .context("no answer")??;
+    Ok(())
+}
+
+/// The controller loop.
+async fn control(addresses: Vec<String>, state: Arc<Mutex<State>>) {
+    let channels: Vec<Channel> = addresses.iter().map(|a| endpoint(a)).collect();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let current = lock(&state).metadata.clone();
+        let answers = futures::future::join_all(channels.iter().map(describe)).await;
+        let mut live = BTreeSet::new();
+        let mut reports = BTreeMap::new();
+        let mut behind = Vec::new();
+        for (id, answer) in answers.into_iter().enumerate() {
+            let Ok(d) = answer else { continue };
+            live.insert(id as i32);
+            if d.metadata_epoch < current.epoch {
+                behind.push(id);
+            }
+            reports.insert(
+                id as i32,
+                d.partitions
+                    .iter()
+                    .map(|p| {
+                        (
+                            (p.topic.clone(), p.partition),
+                            runnel_control::report_from(p),
+                        )
+                    })
+                    .collect::<BTreeMap<_, _>>(),
+            );
+        }
+        let next = runnel_control::next_metadata(&current, &reports, &live);
+        let send = match next {
+            Some(next) => {
+                let mut s = lock(&state);
+                // Topics added meanwhile keep their place in the next round.
+                if s.metadata.epoch == current.epoch {
+                    note_changes(&current, &next, &mut s.changes);
+                    s.metadata = next.clone();
+                    Some(next)
+                } else {
+                    None
+                }
+            }
+            None if !behind.is_empty() => Some(current),
+            None => None,
+        };
+        if let Some(md) = send {
+            let sends = channels
+                .iter()
+                .enumerate()
+                .filter(|(id, _)| live.contains(&(*id as i32)))
+                .map(|(_, c)| apply(c, &md));
+            futures::future::join_all(sends).await;
+        }
+    }
+}
+
+fn note_changes(before: &ClusterMetadata, after: &ClusterMetadata, out: &mut Vec<LeaderChange>) {
+    let now = Instant::now();
+    for t in &after.topics {
+        let old = before.topics.iter().find(|o| o.name == t.name);
+        for p in &t.partitions {
+            let from = old
+                .and_then(|o| o.partitions.iter().find(|q| q.partition == p.partition))
+                .map_or(-1, |q| q.leader);
+            if from != p.leader {
+                out.push(LeaderChange {
+                    topic: t.name.clone(),
+                    partition: p.partition,
+                    from,
+                    to: p.leader,
+                    epoch: p.leader_epoch,
+                    at: now,
+                });
+            }
+        }
+    }
+}
