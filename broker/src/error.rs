@@ -120,6 +120,18 @@ pub enum BrokerError {
         /// This broker.
         broker: i32,
     },
+    /// DeletePartitions of a replicated partition's copy that the metadata still places here.
+    #[error("topic `{topic}` partition {partition} is replicated on brokers {replicas:?} and metadata epoch {epoch} places a copy here: only copies the controller no longer places are deleted (remove the partition from the topic instead)")]
+    StillAssigned {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Its replicas.
+        replicas: Vec<i32>,
+        /// The metadata epoch held.
+        epoch: i64,
+    },
     /// acks=all did not become durable in time.
     #[error("topic `{topic}` partition {partition}: records appended but not durable within {millis} ms")]
     DurabilityTimeout {
@@ -219,7 +231,9 @@ impl BrokerError {
             BrokerError::Log { source, .. } => log_code(source),
             BrokerError::DurabilityTimeout { .. } => Code::DeadlineExceeded,
             BrokerError::NotEnoughReplicas { .. } => Code::Unavailable,
-            BrokerError::LeaderEpoch { .. } => Code::FailedPrecondition,
+            BrokerError::LeaderEpoch { .. } | BrokerError::StillAssigned { .. } => {
+                Code::FailedPrecondition
+            }
             BrokerError::CorruptBatch { .. } => Code::DataLoss,
             BrokerError::Storage(_) | BrokerError::AppendAborted { .. } => Code::Internal,
             BrokerError::ShuttingDown | BrokerError::ProducerIdsExhausted { .. } => {

@@ -113,6 +113,30 @@ fn play_pod(name: &str, ip: &str, config: &Path, dir: &Path) -> anyhow::Result<P
     Ok(pod)
 }
 
+/// Plays the kubelet's part for pod `name`: Running and Ready at `ip`.
+fn report_running(cp: &ControlPlane, name: &str, ip: &str) -> anyhow::Result<()> {
+    let status = serde_json::json!({
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+    });
+    ok(cp.kubectl(&[
+        "patch",
+        "pod",
+        name,
+        "-n",
+        NAMESPACE,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]))?;
+    Ok(())
+}
+
 /// A loopback address of this test run's own for broker `n` (127.77.X.N: the whole of
 /// 127.0.0.0/8 is the loopback interface).
 fn broker_ip(n: usize) -> String {
@@ -290,17 +314,32 @@ impl Drop for GroupMember {
 }
 
 fn has_event(cp: &ControlPlane, reason: &str) -> anyhow::Result<bool> {
-    let events = ok(cp.kubectl(&[
+    Ok(!events_of(cp, "ConsumerGroup", reason)?.trim().is_empty())
+}
+
+/// The messages of the Events with `reason` about objects of `kind`, one per line.
+fn events_of(cp: &ControlPlane, kind: &str, reason: &str) -> anyhow::Result<String> {
+    ok(cp.kubectl(&[
         "get",
         "events",
         "-n",
         NAMESPACE,
         "--field-selector",
-        &format!("reason={reason},involvedObject.kind=ConsumerGroup"),
+        &format!("reason={reason},involvedObject.kind={kind}"),
         "-o",
-        "name",
-    ]))?;
-    Ok(!events.trim().is_empty())
+        "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+    ]))
+}
+
+/// Partition `p` of Topic `orders` as its status has it: (leader, ISR).
+fn orders_partition(cp: &ControlPlane, p: usize) -> anyhow::Result<(i64, Vec<i64>)> {
+    let topic = get(cp, "topics.runnel.dev", "orders")?.context("Topic")?;
+    let s = &topic["status"]["partitions"][p];
+    let isr = s["isr"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    Ok((s["leader"].as_i64().unwrap_or(-1), isr))
 }
 
 /// Every broker names the same coordinator of `group`, the leader of its partition of
@@ -561,25 +600,7 @@ spec:
         let name = format!("events-broker-{n}");
         let ip = broker_ip(n);
         pods.push(play_pod(&name, &ip, &config, dir.path())?);
-        let status = serde_json::json!({
-            "status": {
-                "phase": "Running",
-                "podIP": ip,
-                "podIPs": [{"ip": ip}],
-                "conditions": [{"type": "Ready", "status": "True"}],
-            }
-        });
-        ok(cp.kubectl(&[
-            "patch",
-            "pod",
-            &name,
-            "-n",
-            NAMESPACE,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ]))?;
+        report_running(&cp, &name, &ip)?;
     }
     let bootstrap = pods[0].address();
 
@@ -722,34 +743,95 @@ spec:
         "the blocks overlap: {ranges:?}"
     );
 
-    // Data deleted behind the operator's back: the operator sends the metadata again and the
-    // leader holds the partition again.
-    let p0 = &described["partitions"][0];
-    let leader = usize::try_from(p0["leader"].as_i64().context("leader")?)?;
-    let epoch_before = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?["status"]
-        ["metadataEpoch"]
-        .as_i64()
-        .context("metadataEpoch")?;
-    rt.block_on(async {
-        let mut admin = AdminClient::connect(format!("http://{}", pods[leader].address())).await?;
-        admin
-            .delete_partitions(DeletePartitionsRequest {
-                topic: "orders".into(),
-                partitions: vec![0],
-            })
-            .await?;
-        anyhow::Ok(())
+    // Failover: kill -9 the leader of partition 0. The operator elects the in-sync follower
+    // (its liveness check sees the broker gone), the status shows the ISR shrink, an Event
+    // tells of the leader change, and a produce is acknowledged by the new leader; the broker,
+    // started again on its volume, catches up and the ISR grows back.
+    let (victim, isr) = orders_partition(&cp, 0)?;
+    ensure!(isr.len() == 2, "partition 0 is not fully in sync: {isr:?}");
+    let victim = usize::try_from(victim)?;
+    let name = pods[victim].name.clone();
+    let ip = pods[victim].ip.clone();
+    let killed = Instant::now();
+    pods[victim].child.kill()?;
+    pods[victim].child.wait()?;
+    wait_for(
+        "a new leader of partition 0 from its ISR",
+        &operator,
+        || {
+            let (leader, isr) = orders_partition(&cp, 0)?;
+            Ok(
+                (leader == victim as i64 || leader < 0 || isr.contains(&(victim as i64)))
+                    .then(|| format!("leader {leader}, ISR {isr:?}")),
+            )
+        },
+    )?;
+    let elected = killed.elapsed();
+    let survivor = pods
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i != victim)
+        .map(|(_, p)| p.address())
+        .context("a live broker")?;
+    let produced = runnel_json(
+        &survivor,
+        &["produce", "orders", "--partition", "0", "--acks", "all"],
+        Some("after-failover\n"),
+    )?;
+    eprintln!(
+        "failover: kill -9 of broker {victim} to a new leader in the status {elected:?}, to an acknowledged produce {:?}: {produced}",
+        killed.elapsed()
+    );
+    ensure!(
+        elected < Duration::from_secs(5),
+        "the status showed the new leader after {elected:?}"
+    );
+    wait_for("a LeaderElected Event on the Topic", &operator, || {
+        let events = events_of(&cp, "Topic", "LeaderElected")?;
+        Ok((!events.contains("partition 0:")).then(|| format!("events: {events:?}")))
     })?;
-    wait_for("partition 0 re-created on its leader", &operator, || {
-        let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
-        let epoch = cluster["status"]["metadataEpoch"].as_i64().unwrap_or(0);
-        let holds = held(&rt, &pods[leader].address())?
-            .iter()
-            .any(|p| p.topic == "orders" && p.partition == 0);
-        Ok((!(holds && epoch > epoch_before)).then(|| format!("epoch {epoch}, holds {holds}")))
+    // The old process is reaped already: nothing of it to stop.
+    std::mem::forget(std::mem::replace(
+        &mut pods[victim],
+        play_pod(&name, &ip, &config, dir.path())?,
+    ));
+    wait_for("broker back in the ISR of partition 0", &operator, || {
+        let (leader, isr) = orders_partition(&cp, 0)?;
+        Ok((isr.len() != 2).then(|| format!("leader {leader}, ISR {isr:?}")))
     })?;
 
-    // A scale-down that would drop the only copy of records is refused.
+    // A copy of a replicated partition is not deleted while the metadata places it: its
+    // leader or followers would take the empty copy for the partition. The refusal is clear
+    // and the records stay.
+    let (leader, _) = orders_partition(&cp, 0)?;
+    let leader = usize::try_from(leader)?;
+    let refused = rt.block_on(async {
+        let mut admin = AdminClient::connect(format!("http://{}", pods[leader].address())).await?;
+        anyhow::Ok(
+            admin
+                .delete_partitions(DeletePartitionsRequest {
+                    topic: "orders".into(),
+                    partitions: vec![0],
+                })
+                .await,
+        )
+    })?;
+    let status = refused.expect_err("deleting an assigned replicated copy");
+    ensure!(
+        status.code() == tonic::Code::FailedPrecondition
+            && status.message().contains("places a copy here"),
+        "{status:?}"
+    );
+    ensure!(
+        held(&rt, &pods[leader].address())?
+            .iter()
+            .any(|p| p.topic == "orders" && p.partition == 0 && p.log_end_offset > 0),
+        "the refused delete took the records"
+    );
+
+    // A scale-down moves the partitions off the leaving broker first: the new copies catch up
+    // and join the ISR, the old ones go, and the StatefulSet shrinks once nothing is left only
+    // there (until then the Cluster says ScaleDownBlocked). The records stay.
     ok(cp.apply(&format!(
         "apiVersion: runnel.dev/v1alpha1
 kind: Topic
@@ -770,6 +852,27 @@ spec:
         &["produce", "clicks", "--key-separator", ":"],
         Some(&keyed_lines(300, "user")),
     )?;
+    let leaving = (BROKERS - 1) as i64;
+    let on_leaving = |topic: &str| -> anyhow::Result<Vec<i64>> {
+        let t = get(&cp, "topics.runnel.dev", topic)?.context("Topic")?;
+        Ok(t["status"]["partitions"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter(|p| {
+                        p["replicas"]
+                            .as_array()
+                            .is_some_and(|r| r.iter().any(|b| b.as_i64() == Some(leaving)))
+                    })
+                    .filter_map(|p| p["partition"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    ensure!(
+        !on_leaving("clicks")?.is_empty(),
+        "no clicks partition on broker {leaving}"
+    );
     merge_patch(
         &cp,
         NAMESPACE,
@@ -777,40 +880,40 @@ spec:
         "events",
         r#"{"spec":{"brokers":2}}"#,
     )?;
-    wait_for("ScaleDownBlocked", &operator, || {
-        let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
-        let Some(c) = condition(&cluster, "ScaleDownBlocked") else {
-            return Ok(Some(format!(
-                "conditions: {}",
-                cluster["status"]["conditions"]
-            )));
-        };
-        ensure!(c["status"] == "True", "{c}");
-        let message = c["message"].as_str().unwrap_or_default();
-        ensure!(
-            message.starts_with("staying at 3 brokers: partitions "),
-            "{message}"
-        );
-        ensure!(message.contains("clicks-"), "{message}");
+    wait_for(
+        "the partitions moved off the leaving broker",
+        &operator,
+        || {
+            for topic in ["clicks", "orders"] {
+                let left = on_leaving(topic)?;
+                if !left.is_empty() {
+                    return Ok(Some(format!(
+                        "{topic} partitions {left:?} still on broker {leaving}"
+                    )));
+                }
+            }
+            Ok(None)
+        },
+    )?;
+    wait_for("the StatefulSet scaled down", &operator, || {
         let sts = get(&cp, "statefulset", "events-broker")?.context("StatefulSet")?;
-        ensure!(
-            sts["spec"]["replicas"] == 3,
-            "the StatefulSet was scaled down: {}",
-            sts["spec"]
-        );
-        Ok(None)
+        let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
+        Ok(
+            (sts["spec"]["replicas"] != 2 || condition(&cluster, "ScaleDownBlocked").is_some())
+                .then(|| {
+                    format!(
+                        "replicas {}, conditions {}",
+                        sts["spec"]["replicas"], cluster["status"]["conditions"]
+                    )
+                }),
+        )
     })?;
-    let events = ok(cp.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        NAMESPACE,
-        "--field-selector",
-        "reason=ScaleDownBlocked",
-        "-o",
-        "name",
-    ]))?;
-    ensure!(!events.trim().is_empty(), "no ScaleDownBlocked Event");
+    wait_for("clicks still has its 300 records", &operator, || {
+        let topic = get(&cp, "topics.runnel.dev", "clicks")?.context("Topic")?;
+        Ok((topic["status"]["totals"]["records"] != 300)
+            .then(|| topic["status"]["totals"].to_string()))
+    })?;
+    // Back to three brokers: the pod comes again and its broker (still running here) is Ready.
     merge_patch(
         &cp,
         NAMESPACE,
@@ -818,14 +921,17 @@ spec:
         "events",
         &format!(r#"{{"spec":{{"brokers":{BROKERS}}}}}"#),
     )?;
-    wait_for("ScaleDownBlocked gone", &operator, || {
-        let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
-        Ok(condition(&cluster, "ScaleDownBlocked").map(|c| c.to_string()))
+    let last = &pods[BROKERS - 1];
+    wait_for("the pod of the broker back", &operator, || {
+        Ok(get(&cp, "pod", &last.name)?
+            .is_none()
+            .then(|| format!("no pod {}", last.name)))
     })?;
-    wait_for("clicks still has its 300 records", &operator, || {
-        let topic = get(&cp, "topics.runnel.dev", "clicks")?.context("Topic")?;
-        Ok((topic["status"]["totals"]["records"] != 300)
-            .then(|| topic["status"]["totals"].to_string()))
+    report_running(&cp, &last.name, &last.ip)?;
+    wait_for("three ready brokers", &operator, || {
+        let cluster = get(&cp, "clusters.runnel.dev", "events")?.context("Cluster")?;
+        Ok((cluster["status"]["readyBrokers"] != BROKERS as i64)
+            .then(|| format!("ready: {}", cluster["status"]["readyBrokers"])))
     })?;
 
     // Growing the storage: the StatefulSet's claim template cannot change (the API server

@@ -33,7 +33,8 @@ fn metadata(epoch: i64, me: &str, topics: Vec<TopicMetadata>) -> ClusterMetadata
     }
 }
 
-/// `orders`: partition 0 led by broker 1 (this one), partition 1 by broker 0.
+/// `orders`: partition 0 led by broker 1 (this one), partition 1 by broker 0. Broker 0 does
+/// not run: it is in no ISR but its own, so acks=all on partition 0 needs broker 1 alone.
 fn orders() -> TopicMetadata {
     TopicMetadata {
         name: "orders".into(),
@@ -43,14 +44,14 @@ fn orders() -> TopicMetadata {
                 leader: 1,
                 leader_epoch: 0,
                 replicas: vec![1, 0],
-                isr: vec![1, 0],
+                isr: vec![1],
             },
             PartitionMetadata {
                 partition: 1,
                 leader: 0,
                 leader_epoch: 0,
                 replicas: vec![0, 1],
-                isr: vec![0, 1],
+                isr: vec![0],
             },
         ],
         replication_factor: 2,
@@ -151,13 +152,36 @@ async fn operator_mode_serves_only_applied_metadata_newest_epoch_wins_and_persis
         .into_inner();
     assert_eq!((md.epoch, md.broker_id), (5, 1));
     assert_eq!(md.topics, vec![orders()]);
+    // A leader of a replicated partition that restarted leads again only under a new leader
+    // epoch from the controller (it may have lost batches its followers hold).
+    let err = client
+        .produce(produce(0, "x"))
+        .await
+        .expect_err("a restarted leader under its old epoch");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let describe = admin
+        .describe_partitions(DescribePartitionsRequest::default())
+        .await?
+        .into_inner();
+    let p0 = describe
+        .partitions
+        .iter()
+        .find(|p| p.partition == 0)
+        .expect("partition 0");
+    assert!(!p0.is_leader && p0.leader_epoch == 0, "{p0:?}");
+    let mut again = orders();
+    again.partitions[0].leader_epoch = 1;
+    assert_eq!(
+        apply(&mut admin, metadata(6, &me, vec![again])).await?,
+        (true, 6)
+    );
     let r = client.produce(produce(0, "second")).await?.into_inner();
     assert_eq!(r.base_offset, 1, "the first record survived the restart");
 
     // A newer epoch without the topic: it is no longer served.
     assert_eq!(
-        apply(&mut admin, metadata(6, &me, vec![])).await?,
-        (true, 6)
+        apply(&mut admin, metadata(7, &me, vec![])).await?,
+        (true, 7)
     );
     let err = client
         .produce(produce(0, "x"))

@@ -5,11 +5,14 @@
 //! order.
 
 use bytes::Bytes;
+use runnel_client::consumer::{Consumer, Partitions, StartOffset};
 use runnel_client::producer::{Acks, Producer, ProducerConfig, ProducerRecord};
 use runnel_integration::cluster::TestCluster;
 use runnel_integration::load::{read_back_from, Load};
 use runnel_proto::v1::broker_client::BrokerClient;
 use runnel_proto::v1::{ProduceRequest, Record, TopicConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "orders";
@@ -51,6 +54,32 @@ async fn probe(c: &TestCluster) -> anyhow::Result<Producer> {
     config.delivery_timeout = Duration::from_secs(20);
     config.request_timeout = Duration::from_secs(1);
     Ok(Producer::connect(config).await?)
+}
+
+/// A consumer of every partition from the start, counting what it reads, until aborted.
+async fn consume(
+    bootstrap: &str,
+) -> anyhow::Result<(Arc<AtomicUsize>, tokio::task::JoinHandle<()>)> {
+    let mut consumer = Consumer::connect(bootstrap).await?;
+    consumer
+        .assign(TOPIC, Partitions::All, StartOffset::Earliest)
+        .await?;
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match consumer.poll(Duration::from_millis(200)).await {
+                Ok(records) => {
+                    counted.fetch_add(records.len(), Ordering::Relaxed);
+                }
+                Err(e) => {
+                    eprintln!("consumer: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    Ok((count, task))
 }
 
 /// Sends one record to `partition`; how long after `since` it was acknowledged.
@@ -115,6 +144,7 @@ async fn leaders_killed_in_turn_lose_nothing_acknowledged() -> anyhow::Result<()
     load.wait_for(3000, Duration::from_secs(30)).await;
     assert!(load.acknowledged() >= 3000, "the load does not get going");
     let probe = probe(&c).await?;
+    let (consumed, consumer) = consume(&c.bootstrap()).await?;
     let mut failovers = Vec::new();
     for p in 0..PARTITIONS {
         let before = c.partition(TOPIC, p);
@@ -155,6 +185,11 @@ async fn leaders_killed_in_turn_lose_nothing_acknowledged() -> anyhow::Result<()
     }
     let acked = load.stop().await;
     drop(probe);
+    consumer.abort();
+    println!(
+        "a consumer read {} records through the failovers",
+        consumed.load(Ordering::Relaxed)
+    );
     // The restarted brokers are preferred leaders again once in sync.
     c.wait_for("preferred leaders back", Duration::from_secs(10), |md| {
         md.topics.iter().all(|t| {

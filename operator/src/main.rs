@@ -280,8 +280,16 @@ async fn main() -> anyhow::Result<()> {
         .graceful_shutdown_on(stopped())
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
         .for_each(|r| log_result("Cluster", r));
+    // The liveness check wakes the metadata controller when a broker's answers call for new
+    // metadata (a leader gone), between its status refreshes.
+    let (wake, woken) = tokio::sync::mpsc::channel(64);
+    let liveness = tokio::spawn(runnel_operator::controller::liveness::run(
+        ctx.decided.clone(),
+        wake,
+    ));
     let metadata_controller = Controller::new(clusters.clone(), watcher::Config::default())
         .watches(Api::<Pod>::all(client.clone()), owned, cluster_of_pod)
+        .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(woken))
         .watches(
             Api::<Topic>::all(client.clone()),
             watcher::Config::default(),
@@ -328,6 +336,7 @@ async fn main() -> anyhow::Result<()> {
         topic_controller,
         group_controller
     );
+    liveness.abort();
     tracing::info!("controllers stopped");
     leader_gauge.set(0);
     renewer.abort();

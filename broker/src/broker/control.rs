@@ -170,6 +170,24 @@ impl<S: Storage> Broker<S> {
             .into_iter()
             .filter(|(t, p)| t == topic && (partitions.is_empty() || partitions.contains(p)))
             .collect();
+        // A copy of a replicated partition that the metadata still places here is not deleted:
+        // its leader or followers would take the empty copy for the partition's truth.
+        {
+            let view = self.metadata.read();
+            let me = self.settings.broker_id;
+            for (t, p) in &held {
+                if let Some(m) = roles::partition_of(&view.cluster, t, *p)
+                    .filter(|m| m.replicas.len() > 1 && m.replicas.contains(&me))
+                {
+                    return Err(BrokerError::StillAssigned {
+                        topic: t.clone(),
+                        partition: *p,
+                        replicas: m.replicas.clone(),
+                        epoch: view.cluster.epoch,
+                    });
+                }
+            }
+        }
         let mut deleted = Vec::new();
         for (t, p) in held {
             let mut logs = self.logs.write();

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod group;
+pub mod liveness;
 pub mod metadata;
 pub mod topic;
 
@@ -312,6 +313,8 @@ pub struct Context {
     pub diagnostics: Arc<RwLock<Diagnostics>>,
     /// How often Topic status (offsets, sizes, ISR) is refreshed from the brokers.
     pub status_interval: std::time::Duration,
+    /// The metadata last decided per Cluster, for the liveness check ([`liveness`]).
+    pub decided: liveness::Decided,
 }
 
 impl std::fmt::Debug for Context {
@@ -333,6 +336,7 @@ impl Context {
             metrics: Arc::new(Metrics::new(registry)),
             diagnostics: Arc::new(RwLock::new(diagnostics)),
             status_interval: std::time::Duration::from_secs(10),
+            decided: liveness::Decided::default(),
         }
     }
 

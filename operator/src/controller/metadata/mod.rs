@@ -800,6 +800,17 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
         reports = Reports::new(&holdings);
     }
 
+    ctx.decided
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            (namespace.clone(), name.clone()),
+            pb::ClusterMetadata {
+                epoch,
+                ..decision.metadata.clone()
+            },
+        );
+
     for (id, topic, partitions) in orphans(&decision, &holdings) {
         let Some(conn) = connections.get(&id) else {
             continue;
@@ -839,6 +850,7 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
         .topics
         .split_at(active.len().min(decision.topics.len()));
     for (topic, d) in active.iter().zip(for_topics) {
+        leader_events(ctx, topic, d).await;
         let status = topic_status(topic, d, &reports, now);
         if topic.status.as_ref() != Some(&status) {
             apply_status(&topics_api, &topic.name_any(), &status, FIELD_MANAGER).await?;
@@ -862,6 +874,49 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
         apply_status(&clusters, &name, epoch_status, EPOCH_MANAGER).await?;
     }
     Ok(Action::requeue(ctx.status_interval))
+}
+
+/// An Event on the Topic for each partition whose leader changed since its status.
+async fn leader_events(ctx: &Context, topic: &Topic, d: &TopicDecision) {
+    let Some(before) = topic.status.as_ref() else {
+        return;
+    };
+    for (p, plan) in d.plans.iter().enumerate() {
+        let Some(was) = before.partitions.iter().find(|s| s.partition == p as i32) else {
+            continue;
+        };
+        let was_leader = was.leader.unwrap_or(-1);
+        if was_leader == plan.leader {
+            continue;
+        }
+        let reference = topic.object_ref(&());
+        let was = if was_leader < 0 {
+            "none".to_string()
+        } else {
+            format!("broker {was_leader}")
+        };
+        if plan.leader < 0 {
+            ctx.warn(
+                &reference,
+                "PartitionOffline",
+                format!(
+                    "partition {p}: no in-sync replica is live (was led by {was}); it waits for one at leader epoch {}",
+                    plan.leader_epoch
+                ),
+            )
+            .await;
+        } else {
+            ctx.inform(
+                &reference,
+                "LeaderElected",
+                format!(
+                    "partition {p}: broker {} leads at leader epoch {} (was {was}); ISR {:?}",
+                    plan.leader, plan.leader_epoch, plan.isr
+                ),
+            )
+            .await;
+        }
+    }
 }
 
 /// What to do after a failed reconciliation: try again soon.
