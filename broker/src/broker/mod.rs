@@ -78,6 +78,8 @@ pub enum Acks {
 }
 
 type Log<S> = Arc<PartitionLog<<S as Storage>::Log>>;
+/// The followers' state of a partition led here.
+type LeaderState = Arc<Mutex<crate::replication::IsrTracker>>;
 
 /// Metadata plus what the broker derives from it, swapped as one.
 #[derive(Debug, Default)]
@@ -115,7 +117,7 @@ pub struct Broker<S: Storage> {
     /// Turns of the keyless placement of plain records.
     keyless_turn: AtomicU64,
     /// The partitions led here, with their followers' state.
-    leading: Mutex<HashMap<(String, i32), Arc<Mutex<crate::replication::IsrTracker>>>>,
+    leading: Mutex<HashMap<(String, i32), LeaderState>>,
     /// Counts stored appends: the streams to followers wait on it.
     appended: watch::Sender<u64>,
     /// Counts metadata changes: the followers' fetchers wait on it.

@@ -417,16 +417,7 @@ impl<L: BatchLog> PartitionLog<L> {
     /// will not pass the hole, as a Kafka partition whose log directory failed goes offline.
     pub fn write(&self, reservation: Reservation<L::Buf>) -> Result<AppendOutcome, LogError> {
         for (base, next, batch) in reservation.writes {
-            let put = catch_unwind(AssertUnwindSafe(|| self.store.put(base, batch)));
-            let failure = match put {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(panic) => Some(format!(
-                    "storing the batch at offset {base} panicked: {}",
-                    panic_message(&*panic)
-                )),
-            };
-            if let Some(why) = failure {
+            if let Err(why) = self.put_guarded(base, batch) {
                 self.take_offline(&why);
                 return Err(LogError::Offline(
                     self.offline.get().cloned().unwrap_or(why),
@@ -447,6 +438,18 @@ impl<L: BatchLog> PartitionLog<L> {
             }
         }
         Ok(reservation.outcome)
+    }
+
+    /// Stores one batch; a failure or a panic of the storage comes back as its cause.
+    fn put_guarded(&self, base: i64, batch: L::Buf) -> Result<(), String> {
+        match catch_unwind(AssertUnwindSafe(|| self.store.put(base, batch))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(panic) => Err(format!(
+                "storing the batch at offset {base} panicked: {}",
+                panic_message(&*panic)
+            )),
+        }
     }
 
     /// Takes the log offline with `why` (the first cause is kept) and wakes every waiter.

@@ -287,16 +287,7 @@ impl<L: BatchLog> PartitionLog<L> {
         }
         for (h, batch) in headers.iter().zip(batches) {
             let base = h.base_offset;
-            let put = catch_unwind(AssertUnwindSafe(|| self.store.put(base, L::buffer(batch))));
-            let failure = match put {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(panic) => Some(format!(
-                    "storing the batch at offset {base} panicked: {}",
-                    panic_message(&*panic)
-                )),
-            };
-            if let Some(why) = failure {
+            if let Err(why) = self.put_guarded(base, L::buffer(batch)) {
                 drop(s);
                 self.take_offline(&why);
                 return Err(LogError::Offline(why));

@@ -16,6 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 type Log<S> = Arc<PartitionLog<<S as Storage>::Log>>;
+/// A copy being followed: what it follows, its log, and the (stored, durable) ends last
+/// reported to the leader.
+type FollowedCopy<S> = (Followed, Log<S>, (i64, i64));
 
 /// The first wait before connecting again after a failure; doubled up to [`MAX_BACKOFF`].
 const BACKOFF: Duration = Duration::from_millis(50);
@@ -168,7 +171,7 @@ async fn follow_once<S: Storage>(
     partitions: &[Followed],
 ) -> Result<(), FollowError> {
     let mut client = connect(address).await?;
-    let mut copies: BTreeMap<(String, i32), (Followed, Log<S>, (i64, i64))> = BTreeMap::new();
+    let mut copies: BTreeMap<(String, i32), FollowedCopy<S>> = BTreeMap::new();
     for p in partitions {
         let log = broker.held_log(&p.topic, p.partition)?;
         truncate(broker, &mut client, p, &log).await?;
