@@ -120,6 +120,19 @@ pub enum BrokerError {
         /// This broker.
         broker: i32,
     },
+    /// acks=all whose records committed while fewer copies than `min.insync.replicas` were in
+    /// the ISR (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+    #[error("NOT_ENOUGH_REPLICAS_AFTER_APPEND: topic `{topic}` partition {partition}: the records were appended and committed by {copies} in-sync replicas, fewer than min.insync.replicas {min}; a retry of an idempotent producer is deduplicated")]
+    NotEnoughReplicasAfterAppend {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The copies that committed them.
+        copies: usize,
+        /// The topic's `min.insync.replicas`.
+        min: i32,
+    },
     /// DeletePartitions of a replicated partition's copy that the metadata still places here.
     #[error("topic `{topic}` partition {partition} is replicated on brokers {replicas:?} and metadata epoch {epoch} places a copy here: only copies the controller no longer places are deleted (remove the partition from the topic instead)")]
     StillAssigned {
@@ -230,7 +243,8 @@ impl BrokerError {
             BrokerError::RequestTooLarge { .. } => Code::ResourceExhausted,
             BrokerError::Log { source, .. } => log_code(source),
             BrokerError::DurabilityTimeout { .. } => Code::DeadlineExceeded,
-            BrokerError::NotEnoughReplicas { .. } => Code::Unavailable,
+            BrokerError::NotEnoughReplicas { .. }
+            | BrokerError::NotEnoughReplicasAfterAppend { .. } => Code::Unavailable,
             BrokerError::LeaderEpoch { .. } | BrokerError::StillAssigned { .. } => {
                 Code::FailedPrecondition
             }

@@ -485,7 +485,19 @@ impl<S: Storage> Broker<S> {
             )
             .map_err(|e| BrokerError::log(topic, partition, e))?;
         let outcome = reservation.outcome;
+        let in_sync = (acks == Acks::All && config.min_insync_replicas > 1).then(|| {
+            let log = log.clone();
+            pending::InSync {
+                copies: Box::new(move || match log.commit() {
+                    crate::log::Commit::Local => 1,
+                    crate::log::Commit::Replicated(others) => others.len() + 1,
+                    crate::log::Commit::Follower { .. } => 0,
+                }),
+                min: config.min_insync_replicas,
+            }
+        });
         let pending = PendingAppend {
+            in_sync,
             topic: topic.to_string(),
             partition,
             outcome,

@@ -14,6 +14,22 @@ pub struct PendingAppend {
     pub(super) timeout: Duration,
     /// The store's result, from the appender thread (none for a duplicate: nothing to store).
     pub(super) stored: Option<oneshot::Receiver<Result<(), BrokerError>>>,
+    /// With `min.insync.replicas` above 1: the check of the ISR once the records committed.
+    pub(super) in_sync: Option<InSync>,
+}
+
+/// How many copies commit a partition now, against its `min.insync.replicas`.
+pub(super) struct InSync {
+    pub(super) copies: Box<dyn Fn() -> usize + Send + Sync>,
+    pub(super) min: i32,
+}
+
+impl std::fmt::Debug for InSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InSync")
+            .field("min", &self.min)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PendingAppend {
@@ -47,7 +63,22 @@ impl PendingAppend {
             .high_watermark
             .wait_for(|hw| *hw > last || offline.get().is_some());
         match tokio::time::timeout(self.timeout, wait).await {
-            Ok(Ok(hw)) if *hw > last => Ok(self.outcome),
+            Ok(Ok(hw)) if *hw > last => {
+                drop(hw);
+                // Committed, but by fewer copies than the topic asks: Kafka's
+                // NOT_ENOUGH_REPLICAS_AFTER_APPEND (an idempotent producer's retry is deduplicated).
+                match &self.in_sync {
+                    Some(c) if ((c.copies)() as i32) < c.min => {
+                        Err(BrokerError::NotEnoughReplicasAfterAppend {
+                            topic: self.topic,
+                            partition: self.partition,
+                            copies: (c.copies)(),
+                            min: c.min,
+                        })
+                    }
+                    _ => Ok(self.outcome),
+                }
+            }
             Ok(Ok(_)) => Err(BrokerError::log(
                 &self.topic,
                 self.partition,

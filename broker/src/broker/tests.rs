@@ -135,3 +135,128 @@ async fn a_panicking_store_takes_the_storage_offline_and_recovery_closes_the_hol
     // The offset the failed append had reserved is given again: no hole.
     assert_eq!(produce(&broker, 0, "c").await.expect("ok").base_offset, 1);
 }
+
+/// Broker 0 of three, leading `r` (one partition on brokers 0, 1, 2) under `isr` with
+/// `min.insync.replicas` `min`, at metadata `epoch`.
+fn replicated(epoch: i64, isr: &[i32], min: i32) -> ClusterMetadata {
+    ClusterMetadata {
+        epoch,
+        brokers: (0..3)
+            .map(|id| runnel_proto::v1::BrokerInfo {
+                id,
+                address: format!("127.0.0.1:{}", 9092 + id),
+                rack: String::new(),
+            })
+            .collect(),
+        topics: vec![TopicMetadata {
+            name: "r".into(),
+            partitions: vec![runnel_proto::v1::PartitionMetadata {
+                partition: 0,
+                leader: 0,
+                leader_epoch: 0,
+                replicas: vec![0, 1, 2],
+                isr: isr.to_vec(),
+            }],
+            replication_factor: 3,
+            config: Some(TopicConfig {
+                min_insync_replicas: Some(min),
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_waits_for_the_isr_and_min_insync_replicas_is_enforced() {
+    let settings = ConfigLayer {
+        broker_id: Some(0),
+        ..ConfigLayer::defaults()
+    }
+    .validate(|_| None)
+    .expect("config")
+    .settings;
+    let broker = Arc::new(
+        Broker::open(
+            settings,
+            Arc::new(MemoryStorage::default()),
+            Arc::new(Metrics::default()),
+        )
+        .expect("open"),
+    );
+    broker
+        .apply_metadata(replicated(1, &[0, 1, 2], 2))
+        .expect("apply");
+    let send = |value: &'static str| {
+        let broker = broker.clone();
+        tokio::spawn(async move { broker.produce("r", 0, &[batch(value)], Acks::All).await })
+    };
+    let log = broker.held_log("r", 0).expect("log");
+    let tracker = broker.leader_state("r", 0).expect("leading");
+
+    // Committed only once every ISR member has it on disk.
+    let first = send("a");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !first.is_finished(),
+        "acknowledged before the followers had it"
+    );
+    broker.follower_progress(&tracker, &log, 1, 1, 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!first.is_finished(), "acknowledged without broker 2");
+    broker.follower_progress(&tracker, &log, 2, 1, 1);
+    let o = first.await.expect("task").expect("acknowledged");
+    assert_eq!(o.base_offset, 0);
+
+    // The controller records an ISR of two: that still meets min.insync.replicas 2.
+    broker
+        .apply_metadata(replicated(2, &[0, 1], 2))
+        .expect("apply");
+    let second = send("b");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker.follower_progress(&tracker, &log, 1, 2, 2);
+    assert_eq!(
+        second
+            .await
+            .expect("task")
+            .expect("acknowledged")
+            .base_offset,
+        1
+    );
+
+    // With min.insync.replicas 3 and two in sync: refused, nothing appended.
+    broker
+        .apply_metadata(replicated(3, &[0, 1], 3))
+        .expect("apply");
+    let e = send("c").await.expect("task").expect_err("refused");
+    assert!(matches!(e, BrokerError::NotEnoughReplicas { .. }), "{e}");
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(
+        log.log_end_offset(),
+        2,
+        "a refused produce appended nothing"
+    );
+
+    // Appended with three in sync, committed after the ISR shrank to two: acknowledged with
+    // NOT_ENOUGH_REPLICAS_AFTER_APPEND.
+    broker
+        .apply_metadata(replicated(4, &[0, 1, 2], 3))
+        .expect("apply");
+    let third = send("d");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker.follower_progress(&tracker, &log, 1, 3, 3);
+    broker
+        .apply_metadata(replicated(5, &[0, 1], 3))
+        .expect("apply");
+    let e = third.await.expect("task").expect_err("after append");
+    assert!(
+        e.to_string()
+            .starts_with("NOT_ENOUGH_REPLICAS_AFTER_APPEND"),
+        "{e}"
+    );
+    assert_eq!(
+        log.summary().high_watermark,
+        3,
+        "the record is committed all the same"
+    );
+}
