@@ -325,12 +325,21 @@ async fn control(addresses: Vec<String>, state: Arc<Mutex<State>>) {
             None => None,
         };
         if let Some(md) = send {
+            let md = &md;
             let sends = channels
                 .iter()
                 .enumerate()
                 .filter(|(id, _)| live.contains(&(*id as i32)))
-                .map(|(_, c)| apply(c, &md));
-            futures::future::join_all(sends).await;
+                .map(|(id, c)| async move { (id, apply(c, md).await) });
+            // A broker that missed it is behind at the next tick and gets it again.
+            for (id, sent) in futures::future::join_all(sends).await {
+                if let Err(e) = sent {
+                    eprintln!(
+                        "controller: metadata epoch {} not sent to broker {id}: {e}",
+                        md.epoch
+                    );
+                }
+            }
         }
     }
 }

@@ -189,11 +189,6 @@ impl<S: Storage> Broker<S> {
         self.group_commit.watch_flushed()
     }
 
-    /// Opens (creating when missing) a copy of a partition held here.
-    pub fn held_log(&self, topic: &str, partition: i32) -> Result<Log<S>, BrokerError> {
-        self.open_log(topic, partition)
-    }
-
     /// Appends the leader's batches to a follower copy on its partition's appender thread,
     /// and marks it for the next group commit. Returns the copy's new log end offset.
     pub async fn append_replicated(
@@ -205,15 +200,10 @@ impl<S: Storage> Broker<S> {
     ) -> Result<i64, BrokerError> {
         let l = log.clone();
         let end = self
-            .appenders
-            .run(topic, partition, move || {
+            .on_appender(topic, partition, move || {
                 l.append_replicated(&batches, now_ms())
             })
-            .await
-            .map_err(|_| BrokerError::AppendAborted {
-                topic: topic.to_string(),
-                partition,
-            })?
+            .await?
             .map_err(|e| BrokerError::log(topic, partition, e))?;
         self.group_commit.mark_dirty(topic, partition, log);
         self.note_appended();

@@ -191,7 +191,7 @@ async fn acks_all_waits_for_the_isr_and_min_insync_replicas_is_enforced() {
         let broker = broker.clone();
         tokio::spawn(async move { broker.produce("r", 0, &[batch(value)], Acks::All).await })
     };
-    let log = broker.held_log("r", 0).expect("log");
+    let log = broker.open_log("r", 0).expect("log");
     let tracker = broker.leader_state("r", 0).expect("leading");
 
     // Committed only once every ISR member has it on disk.

@@ -281,6 +281,18 @@ struct LogState {
 }
 
 impl LogState {
+    /// Refuses an offset outside `[log_start_offset, log_end_offset]`.
+    fn check_offset(&self, offset: i64) -> Result<(), LogError> {
+        if offset < self.log_start_offset || offset > self.log_end_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset,
+            });
+        }
+        Ok(())
+    }
+
     /// The first batch that holds `offset` or anything after it.
     fn batch_at(&self, offset: i64) -> Option<&BatchMeta> {
         let i = self.index.partition_point(|b| b.last_offset < offset);
@@ -517,13 +529,7 @@ impl<L: BatchLog> PartitionLog<L> {
         }
         let (from_base, hw, lso) = {
             let s = self.state.lock();
-            if offset < s.log_start_offset || offset > s.log_end_offset {
-                return Err(LogError::OffsetOutOfRange {
-                    offset,
-                    log_start_offset: s.log_start_offset,
-                    log_end_offset: s.log_end_offset,
-                });
-            }
+            s.check_offset(offset)?;
             let from = match s.batch_at(offset) {
                 Some(b) if b.base_offset < s.high_watermark => b.base_offset,
                 _ => {

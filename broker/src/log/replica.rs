@@ -225,13 +225,7 @@ impl<L: BatchLog> PartitionLog<L> {
         }
         let (from, end) = {
             let s = self.state.lock();
-            if offset < s.log_start_offset || offset > s.log_end_offset {
-                return Err(LogError::OffsetOutOfRange {
-                    offset,
-                    log_start_offset: s.log_start_offset,
-                    log_end_offset: s.log_end_offset,
-                });
-            }
+            s.check_offset(offset)?;
             match s.batch_at(offset) {
                 Some(b) if b.base_offset < s.stored_end => (b.base_offset, s.stored_end),
                 _ => return Ok(Vec::new()),

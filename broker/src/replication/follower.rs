@@ -173,7 +173,7 @@ async fn follow_once<S: Storage>(
     let mut client = connect(address).await?;
     let mut copies: BTreeMap<(String, i32), FollowedCopy<S>> = BTreeMap::new();
     for p in partitions {
-        let log = broker.held_log(&p.topic, p.partition)?;
+        let log = broker.open_log(&p.topic, p.partition)?;
         truncate(broker, &mut client, p, &log).await?;
         copies.insert((p.topic.clone(), p.partition), (p.clone(), log, (-1, -1)));
     }
