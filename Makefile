@@ -44,6 +44,7 @@ build: tools
 
 release: tools
 	$(CARGO) build --release -p runnel-broker -p runnel-client --bins
+	$(CARGO) build --release -p runnel-integration --bin runnel-loopback-cluster
 
 ## Builds the release binaries and runs a standalone broker (data in ./data) with a demo topic.
 run: release

@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # dry run of the harness.
 BIN = os.environ.get("RUNNEL_BENCH_BIN") or os.path.join(ROOT, "target", "release")
 QUICK = os.environ.get("RUNNEL_BENCH_QUICK") == "1"
-# RUNNEL_BENCH_ONLY=groups: only the consumer-group case, its section printed to stdout and
+# RUNNEL_BENCH_ONLY=groups (or replication): only the consumer-group (or replication) cases, their section printed to stdout and
 # docs/benchmarks.md left as it is (a check of the harness, not a report).
 ONLY = os.environ.get("RUNNEL_BENCH_ONLY", "")
 # Each case runs this many times; the tables show the median run and the range. Synchronous
@@ -518,6 +518,159 @@ def group_section(groups):
     return out
 
 
+REPLICATED_MIN_INSYNC = 2
+
+
+def pid_cpu_seconds(pid):
+    """CPU seconds (user + system, all threads) process `pid` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loopback_cluster(workdir, *args):
+    return [os.path.join(BIN, "runnel-loopback-cluster"), "--dir", workdir, *args]
+
+
+def replicated_once(workdir, size, replicas, records):
+    """One run on three fresh brokers (`runnel-loopback-cluster serve`, the integration tests'
+    brokers and stand-in controller) with a one-partition topic of `replicas` copies, written by
+    one producer with acks=all through the real CLI."""
+    settle(workdir)
+    spec = f"bench:1:{replicas}" + (f":{REPLICATED_MIN_INSYNC}" if replicas > 1 else "")
+    serve = ["serve", "--topic", spec]
+    log = open(os.path.join(workdir, "cluster.log"), "ab")
+    proc = subprocess.Popen(loopback_cluster(workdir, *serve), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=log, text=True)
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"runnel-loopback-cluster {' '.join(serve)} exited at start; see cluster.log")
+        cluster = json.loads(line)
+        pids = [b["pid"] for b in cluster["brokers"]]
+        cpu0 = sum(pid_cpu_seconds(p) for p in pids)
+        cmd = ["bench", "produce", "--topic", "bench", "--partitions", "1", "--records", str(records),
+               "--record-size", str(size), "--acks", "all", "--producers", "1"]
+        res, client_cpu, busy = measured(lambda: runnel(cluster["bootstrap"], *cmd))
+        res["cpu"] = {"client": client_cpu, "brokers": sum(pid_cpu_seconds(p) for p in pids) - cpu0,
+                      "cores_busy": busy}
+        res["replicas"] = replicas
+        res["command"] = (f"runnel-loopback-cluster {' '.join(serve)}; runnel --bootstrap BROKERS " + " ".join(cmd))
+        proc.stdin.close()
+        res["controller"] = json.loads(proc.stdout.readline())
+        proc.wait(60)
+        return res
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def replication_case(workdir, size, records):
+    """Replication factor 1 against 3 on three brokers, acks=all, taken in turn (1, 3; 3, 1; ...)
+    so that both meet the same state of the disk. Returns the two medians."""
+    runs = {1: [], 3: []}
+    for i in range(REPEATS):
+        for replicas in ((1, 3) if i % 2 == 0 else (3, 1)):
+            runs[replicas].append(replicated_once(workdir, size, replicas, records))
+    out = {}
+    for replicas, rs in runs.items():
+        m = median_of(rs)
+        m["runs"] = rs
+        out[replicas] = m
+    return out
+
+
+def failover_case(workdir):
+    """`runnel-loopback-cluster failover`, REPEATS times: the leader of each of three partitions
+    killed in turn under acks=all load, and restarted."""
+    runs = []
+    for _ in range(REPEATS):
+        settle(workdir)
+        out = subprocess.run(loopback_cluster(workdir, "failover"), check=True, capture_output=True, text=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {"runs": runs, "command": "runnel-loopback-cluster failover"}
+
+
+def replication_ratio(rep, size):
+    return rep[size][3]["records_per_sec"] / rep[size][1]["records_per_sec"]
+
+
+def failover_times(fail):
+    times = sorted(f["first_ack_ms"] for r in fail["runs"] for f in r["failovers"])
+    return times[len(times) // 2], times[-1], times
+
+
+def replication_section(rep, fail):
+    """The replication section of docs/benchmarks.md, as lines."""
+    out = []
+    out.append("\n## Replication: three brokers, acks=all\n")
+    out.append("Three release brokers on this machine (`runnel-loopback-cluster serve`: the brokers of the integration tests "
+               "with their stand-in controller, which runs the operator's election code every 200 ms), each with its own "
+               "data directory on the same disk, and one producer with acks=all writing one partition through the real "
+               "CLI. With 3 replicas (`min.insync.replicas` "
+               f"{REPLICATED_MIN_INSYNC}) the leader acknowledges a batch once every replica in the ISR has it on disk "
+               "(its own group commit and each follower's, which fetches it over the `Replica` stream): every byte is "
+               "written three times to one disk, by three processes sharing two cores with the client. Replication factor "
+               "1 runs on the same three brokers, its partition on one of them. Fresh brokers for every run, "
+               f"{REPEATS} runs of each taken in turn (1, 3; 3, 1; ...); medians, and the range over the runs. "
+               "*CPU s / M records* is the client's and the three brokers' together; *ISR shrinks* counts what the "
+               "controller saw during the runs (0: every replica stayed in sync throughout).\n")
+    out.append("| record size | replicas | records/s | range | MB/s | ack p50 / p99 / p99.9 ms | CPU s / M records: client + brokers | cores busy | ISR shrinks (all runs) | command |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for size in sorted(rep):
+        for replicas in (1, 3):
+            r = rep[size][replicas]
+            shrinks = sum(x["controller"]["isr_shrinks"] for x in r["runs"])
+            out.append(f"| {size} B | {replicas} | {r['records_per_sec']:,.0f} | {rng(r)} | {r['mb_per_sec']:.1f} | "
+                       f"{ms(r['ack_latency_ms'])} | {per_m(r['cpu']['client'], r['records']):.2f} + "
+                       f"{per_m(r['cpu']['brokers'], r['records']):.2f} | {r['cpu']['cores_busy']:.2f} | {shrinks} | "
+                       f"`{r['command']}` |")
+    out.append("\n" + " ".join(f"{size}-byte records: replication factor 3 over 1 is **{replication_ratio(rep, size):.0%}**."
+                                for size in sorted(rep)) + " (Target: at least 30%.)\n")
+    median, worst, times = failover_times(fail)
+    out.append("*Failover*: three brokers, a topic of 3 partitions with 3 replicas and `min.insync.replicas` 2, each "
+               "partition led by another broker, three producers with acks=all. The leader of each partition in turn is "
+               "killed with `kill -9`; the time runs from the kill to the first acknowledged produce (acks=all) on the new "
+               "leader, elected by the stand-in controller; then the killed broker is restarted and the time until it is "
+               f"back in every ISR is shown. {REPEATS} run{'s' if REPEATS != 1 else ''} of three failovers; after each run "
+               "every acknowledged record is read back and checked (once, at its offset, in producer order).\n")
+    out.append("| run | kill to first acknowledged produce on the new leader (ms) | restarted broker back in every ISR (ms) | acknowledged | lost | command |")
+    out.append("| --- | --- | --- | --- | --- | --- |")
+    for i, r in enumerate(fail["runs"], 1):
+        out.append(f"| {i} | " + " / ".join(f"{f['first_ack_ms']:.0f}" for f in r["failovers"]) + " | "
+                   + " / ".join(f"{f['rejoined_ms']:.0f}" for f in r["failovers"]) +
+                   f" | {r['acknowledged']:,} | {r['lost']} | `{fail['command']}` |")
+    out.append(f"\nFailover: median {median:.0f} ms, longest {worst:.0f} ms (target: under 3 s).\n")
+    return out
+
+
+def replication_checks(rep, fail):
+    checks = []
+    for size in sorted(rep):
+        r1, r3 = rep[size][1], rep[size][3]
+        checks.append((f"replication factor 3 vs 1, {size}-byte records, acks=all, three brokers (medians of runs taken in turn)",
+                       f"{replication_ratio(rep, size):.0%} ({r3['records_per_sec']:,.0f} vs {r1['records_per_sec']:,.0f} records/s)",
+                       "≥ 30%", replication_ratio(rep, size) >= 0.3))
+    median, worst, _ = failover_times(fail)
+    lost = sum(r["lost"] for r in fail["runs"])
+    checks.append(("failover: kill -9 of a leader to the first acknowledged produce on its successor (longest)",
+                   f"{worst:.0f} ms (median {median:.0f} ms), {lost} acknowledged records lost", "< 3 s, none lost",
+                   worst < 3000 and lost == 0))
+    return checks
+
+
+def run_replication(workdir):
+    """The replication cases: (by record size: {replicas: median}, failovers)."""
+    n = {100: int(3_000_000 * SCALE), 1024: int(600_000 * SCALE)}
+    rep = {}
+    for size in (100, 1024):
+        print(f"replication: {size}-byte records, acks=all, replication factor 1 and 3 on three brokers", file=sys.stderr)
+        rep[size] = replication_case(workdir, size, n[size])
+    print("replication: failover, kill -9 of each leader in turn", file=sys.stderr)
+    return rep, failover_case(workdir)
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -559,11 +712,26 @@ def only_groups():
     print(f"(the case took {time.monotonic() - started:.0f} s)", file=sys.stderr)
 
 
+def only_replication():
+    """RUNNEL_BENCH_ONLY=replication: the replication cases alone, printed."""
+    workdir = tempfile.mkdtemp(prefix="runnel-bench-")
+    started = time.monotonic()
+    try:
+        spread_runs(workdir)
+        rep, fail = run_replication(workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("\n".join(replication_section(rep, fail)))
+    print(f"(the cases took {time.monotonic() - started:.0f} s)", file=sys.stderr)
+
+
 def main():
     if ONLY == "groups":
         return only_groups()
+    if ONLY == "replication":
+        return only_replication()
     if ONLY:
-        raise SystemExit(f"RUNNEL_BENCH_ONLY={ONLY}: only `groups` is known")
+        raise SystemExit(f"RUNNEL_BENCH_ONLY={ONLY}: only `groups` and `replication` are known")
     workdir = tempfile.mkdtemp(prefix="runnel-bench-")
     spread = spread_runs(workdir)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -609,6 +777,7 @@ def main():
         # Last: reads, after the produce cases have written (and deleted) what they will.
         print(f"consumer group: {GROUP_MEMBERS} members vs one plain consumer, and a handover", file=sys.stderr)
         groups = group_case(workdir, int(3_000_000 * SCALE))
+        rep, fail = run_replication(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -729,7 +898,8 @@ def main():
         out.append(f"| {r['kind']} | {r['records_per_sec']:,.0f} | {ms(r['ack_latency_ms'])} | {ms(r['e2e_latency_ms'])} | "
                    f"{passes} | `{r['command']}` |")
     out += group_section(groups)
-    out.append("\n## Targets (issues: broker data plane, partition logs, consumer groups)\n")
+    out += replication_section(rep, fail)
+    out.append("\n## Targets (issues: broker data plane, partition logs, consumer groups, replication)\n")
     checks = [
         ("100-byte records, one producer, acks=all (median)", f"{one_all[100]['records_per_sec']:,.0f} records/s (runs: {rng(one_all[100])})",
          "≥ 500,000 records/s", one_all[100]["records_per_sec"] >= 500_000),
@@ -764,6 +934,7 @@ def main():
                    f"{GROUP_PARTITIONS} partitions, automatic commit (medians of runs taken in turn)",
                    f"{ratio:.2f} ({groups['group']['records_per_sec']:,.0f} vs {groups['plain']['records_per_sec']:,.0f} records/s)",
                    "≥ 0.8", ratio >= 0.8))
+    checks += replication_checks(rep, fail)
     out.append("| what | measured | target | met |")
     out.append("| --- | --- | --- | --- |")
     for what, got, target, ok in checks:

@@ -178,6 +178,16 @@ impl ClusterInfo {
         self.topics.get(topic).map(|t| t.partitions.len())
     }
 
+    /// The id of the leader of `topic`/`partition`, when it has one (an election may be under
+    /// way: no leader, -1).
+    pub fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+            .map(|p| p.leader)
+            .filter(|l| *l >= 0)
+    }
+
     /// Address of the leader of `topic`/`partition`: the metadata's address for the leader's
     /// id, or `fallback` (the bootstrap) when it has none.
     pub fn leader_address(&self, topic: &str, partition: i32, fallback: &str) -> String {

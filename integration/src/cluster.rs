@@ -5,14 +5,18 @@
 //! same election code the operator runs ([`runnel_control::next_metadata`]), and sends the
 //! metadata that comes out to every broker that answers.
 
+use crate::load::{read_back_from, ReadBack};
 use crate::Broker;
 use anyhow::{bail, Context};
+use bytes::Bytes;
+use runnel_client::producer::{Acks, Producer, ProducerConfig, ProducerRecord};
 use runnel_proto::v1::admin_client::AdminClient;
 use runnel_proto::v1::{
     ApplyMetadataRequest, BrokerInfo, ClusterMetadata, DescribePartitionsRequest,
     PartitionMetadata, ProducerIdBlock, TopicConfig, TopicMetadata,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
@@ -45,6 +49,8 @@ pub struct LeaderChange {
 struct State {
     metadata: ClusterMetadata,
     changes: Vec<LeaderChange>,
+    /// Partitions whose ISR the controller saw shrink, counted once per shrink.
+    isr_shrinks: usize,
 }
 
 /// Brokers `0..n` started as pods `runnel-0`…, and the controller over them.
@@ -68,9 +74,15 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl TestCluster {
-    /// Starts `n` brokers with `extra` flags and the controller.
+    /// Starts `n` brokers with `extra` flags and the controller, their data in a temporary
+    /// directory.
     pub async fn start(n: usize, extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(&std::env::temp_dir(), n, extra).await
+    }
+
+    /// Like [`TestCluster::start`], with the temporary directory made in `parent`.
+    pub async fn start_in(parent: &Path, n: usize, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir_in(parent)?;
         let mut brokers = Vec::with_capacity(n);
         for i in 0..n {
             brokers.push(Broker::start_as_pod_with(
@@ -104,6 +116,7 @@ impl TestCluster {
         let state = Arc::new(Mutex::new(State {
             metadata,
             changes: Vec::new(),
+            isr_shrinks: 0,
         }));
         let controller = tokio::spawn(control(addresses, state.clone()));
         Ok(Self {
@@ -121,6 +134,34 @@ impl TestCluster {
             .map(|b| b.address.clone())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Whether every partition has a leader and every broker of the cluster in its ISR.
+    pub fn all_in_sync(&self) -> impl Fn(&ClusterMetadata) -> bool {
+        let n = self.brokers.len();
+        move |md| {
+            md.topics.iter().all(|t| {
+                t.partitions
+                    .iter()
+                    .all(|p| p.leader >= 0 && p.isr.len() == n)
+            })
+        }
+    }
+
+    /// A producer (`acks=all`, no linger) with a long delivery timeout, for timing one record
+    /// through a failover with [`first_ack`].
+    pub async fn probe(&self) -> anyhow::Result<Producer> {
+        let mut config = ProducerConfig::new(self.bootstrap());
+        config.acks = Acks::All;
+        config.linger = Duration::ZERO;
+        config.delivery_timeout = Duration::from_secs(20);
+        config.request_timeout = Duration::from_secs(1);
+        Ok(Producer::connect(config).await?)
+    }
+
+    /// How many times the controller saw a partition's ISR shrink.
+    pub fn isr_shrinks(&self) -> usize {
+        lock(&self.state).isr_shrinks
     }
 
     /// The metadata the controller holds now.
@@ -235,6 +276,34 @@ impl TestCluster {
             .collect()
     }
 
+    /// Reads partitions `0..partitions` of `topic` from their leaders and checks them against
+    /// what was acknowledged ([`read_back_from`]). Leaders may still be moving (a returning
+    /// preferred leader takes over) and a new leader's high watermark rises once its followers
+    /// report: the read is tried again for up to 15 s while records are missing.
+    pub async fn read_back(
+        &self,
+        topic: &str,
+        partitions: i32,
+        acked: &HashMap<String, (i32, i64)>,
+    ) -> anyhow::Result<ReadBack> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let endpoints: Vec<String> = (0..partitions)
+                .map(|p| {
+                    self.leader_address(topic, p)
+                        .map(|a| format!("http://{a}"))
+                        .unwrap_or_default()
+                })
+                .collect();
+            let last = Instant::now() > deadline;
+            match read_back_from(&endpoints, topic, acked).await {
+                Ok(back) if back.missing.is_empty() || last => return Ok(back),
+                Err(e) if last => return Err(e),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
     /// The address of a partition's leader now.
     pub fn leader_address(&self, topic: &str, partition: i32) -> Option<String> {
         let leader = self.partition(topic, partition).leader;
@@ -243,6 +312,23 @@ impl TestCluster {
             .and_then(|i| self.brokers.get(i))
             .map(|b| b.address.clone())
     }
+}
+
+/// Sends one record to `partition` of `topic`; how long after `since` it was acknowledged.
+pub async fn first_ack(
+    producer: &Producer,
+    topic: &str,
+    partition: i32,
+    since: Instant,
+) -> anyhow::Result<Duration> {
+    producer
+        .send(
+            ProducerRecord::new(topic, Bytes::from(format!("probe-{partition}")))
+                .partition(partition),
+        )
+        .await?
+        .await?;
+    Ok(since.elapsed())
 }
 
 fn endpoint(address: &str) -> Channel {
@@ -315,6 +401,7 @@ async fn control(addresses: Vec<String>, state: Arc<Mutex<State>>) {
                 // Topics added meanwhile keep their place in the next round.
                 if s.metadata.epoch == current.epoch {
                     note_changes(&current, &next, &mut s.changes);
+                    s.isr_shrinks += isr_shrinks(&current, &next);
                     s.metadata = next.clone();
                     Some(next)
                 } else {
@@ -342,6 +429,25 @@ async fn control(addresses: Vec<String>, state: Arc<Mutex<State>>) {
             }
         }
     }
+}
+
+/// How many partitions have a smaller ISR in `after` than in `before`.
+fn isr_shrinks(before: &ClusterMetadata, after: &ClusterMetadata) -> usize {
+    let sizes = |md: &ClusterMetadata| -> BTreeMap<(String, i32), usize> {
+        md.topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| ((t.name.clone(), p.partition), p.isr.len()))
+            })
+            .collect()
+    };
+    let old = sizes(before);
+    sizes(after)
+        .iter()
+        .filter(|(k, n)| old.get(*k).is_some_and(|o| *n < o))
+        .count()
 }
 
 fn note_changes(before: &ClusterMetadata, after: &ClusterMetadata, out: &mut Vec<LeaderChange>) {

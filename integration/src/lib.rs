@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of a workspace binary built next to the test executable.
+/// Path of a workspace binary built next to the running executable (a test in
+/// `target/<profile>/deps/`, or a binary of this crate in `target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    let exe = std::env::current_exe().expect("executable path");
+    let mut dir = exe.parent().expect("target directory");
+    if dir.file_name().is_some_and(|d| d == "deps") {
+        dir = dir.parent().expect("target directory");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -225,6 +225,13 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts the broker again on the same port and data directory, with `extra` flags from
+    /// now on instead of those it was started with.
+    pub fn restart_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart()
     }
 
     /// Starts the broker again on the same port and data directory.

@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use runnel_client::consumer::{Consumer, Partitions, StartOffset};
 use runnel_client::producer::{Acks, Producer, ProducerConfig, ProducerRecord};
-use runnel_integration::cluster::TestCluster;
-use runnel_integration::load::{read_back_from, Load};
+use runnel_integration::cluster::{first_ack, TestCluster};
+use runnel_integration::load::Load;
 use runnel_proto::v1::broker_client::BrokerClient;
 use runnel_proto::v1::{ProduceRequest, Record, TopicConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,26 +34,6 @@ async fn cluster(min_insync: i32) -> anyhow::Result<TestCluster> {
     )
     .await?;
     Ok(c)
-}
-
-fn all_in_sync(c: &TestCluster) -> impl Fn(&runnel_proto::v1::ClusterMetadata) -> bool + '_ {
-    move |md| {
-        md.topics.iter().all(|t| {
-            t.partitions
-                .iter()
-                .all(|p| p.leader >= 0 && p.isr.len() == c.brokers.len())
-        })
-    }
-}
-
-/// A producer with a long delivery timeout, for timing one record through a failover.
-async fn probe(c: &TestCluster) -> anyhow::Result<Producer> {
-    let mut config = ProducerConfig::new(c.bootstrap());
-    config.acks = Acks::All;
-    config.linger = Duration::ZERO;
-    config.delivery_timeout = Duration::from_secs(20);
-    config.request_timeout = Duration::from_secs(1);
-    Ok(Producer::connect(config).await?)
 }
 
 /// A consumer of every partition from the start, counting what it reads, until aborted.
@@ -82,59 +62,25 @@ async fn consume(
     Ok((count, task))
 }
 
-/// Sends one record to `partition`; how long after `since` it was acknowledged.
-async fn first_ack(
-    producer: &Producer,
-    partition: i32,
-    since: Instant,
-) -> anyhow::Result<Duration> {
-    producer
-        .send(
-            ProducerRecord::new(TOPIC, Bytes::from(format!("probe-{partition}")))
-                .partition(partition),
-        )
-        .await?
-        .await?;
-    Ok(since.elapsed())
-}
-
-/// Reads every partition from its leader and checks it against what was acknowledged. Leaders
-/// may still be moving (a returning preferred leader takes over) and a new leader's high
-/// watermark rises once its followers report: the read is tried again for a while.
+/// Reads every partition back and checks it against what was acknowledged.
 async fn check(
     c: &TestCluster,
     acked: &std::collections::HashMap<String, (i32, i64)>,
 ) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let endpoints: Vec<String> = (0..PARTITIONS)
-            .map(|p| {
-                c.leader_address(TOPIC, p)
-                    .map(|a| format!("http://{a}"))
-                    .unwrap_or_default()
-            })
-            .collect();
-        let last = Instant::now() > deadline;
-        match read_back_from(&endpoints, TOPIC, acked).await {
-            Ok(back) if back.missing.is_empty() || last => {
-                println!(
-                    "acknowledged {} records, read back {} (probes and unacknowledged retries included)",
-                    acked.len(),
-                    back.total
-                );
-                assert!(
-                    back.missing.is_empty(),
-                    "{} acknowledged records lost, e.g. {:?}\n{}",
-                    back.missing.len(),
-                    &back.missing[..back.missing.len().min(5)],
-                    c.log_tails(30)
-                );
-                return Ok(back.total);
-            }
-            Err(e) if last => return Err(e),
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    let back = c.read_back(TOPIC, PARTITIONS, acked).await?;
+    println!(
+        "acknowledged {} records, read back {} (probes and unacknowledged retries included)",
+        acked.len(),
+        back.total
+    );
+    assert!(
+        back.missing.is_empty(),
+        "{} acknowledged records lost, e.g. {:?}\n{}",
+        back.missing.len(),
+        &back.missing[..back.missing.len().min(5)],
+        c.log_tails(30)
+    );
+    Ok(back.total)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -143,7 +89,7 @@ async fn leaders_killed_in_turn_lose_nothing_acknowledged() -> anyhow::Result<()
     let load = Load::start(&c.bootstrap(), TOPIC, 3, PARTITIONS);
     load.wait_for(3000, Duration::from_secs(30)).await;
     assert!(load.acknowledged() >= 3000, "the load does not get going");
-    let probe = probe(&c).await?;
+    let probe = c.probe().await?;
     let (consumed, consumer) = consume(&c.bootstrap()).await?;
     let mut failovers = Vec::new();
     for p in 0..PARTITIONS {
@@ -152,7 +98,7 @@ async fn leaders_killed_in_turn_lose_nothing_acknowledged() -> anyhow::Result<()
         let acked_before = load.acknowledged();
         let killed = Instant::now();
         c.brokers[victim].kill9();
-        let took = first_ack(&probe, p, killed).await?;
+        let took = first_ack(&probe, TOPIC, p, killed).await?;
         let after = c.partition(TOPIC, p);
         println!(
             "partition {p}: leader {victim} killed; broker {} leads at epoch {} (was {}); first acknowledged produce after {} ms",
@@ -175,7 +121,7 @@ async fn leaders_killed_in_turn_lose_nothing_acknowledged() -> anyhow::Result<()
             .wait_for(
                 "the restarted broker back in every ISR",
                 Duration::from_secs(30),
-                all_in_sync(&c),
+                c.all_in_sync(),
             )
             .await?;
         println!(
@@ -224,7 +170,7 @@ async fn all_three_killed_at_once_lose_nothing_acknowledged() -> anyhow::Result<
     c.wait_for(
         "every replica back in sync",
         Duration::from_secs(30),
-        all_in_sync(&c),
+        c.all_in_sync(),
     )
     .await?;
     check(&c, &acked).await?;
@@ -281,7 +227,7 @@ async fn a_stopped_follower_leaves_the_isr_and_rejoins() -> anyhow::Result<()> {
         .wait_for(
             "the follower back in every ISR",
             Duration::from_secs(30),
-            all_in_sync(&c),
+            c.all_in_sync(),
         )
         .await?;
     println!(
@@ -344,4 +290,186 @@ async fn refuse_with_min_isr_3(c: &TestCluster) -> anyhow::Result<String> {
         .log_end_offset;
     assert_eq!(end, 0, "a refused produce appended something");
     Ok(message)
+}
+
+/// Describes `topic`/0 on broker `id`.
+async fn describe_on(
+    c: &TestCluster,
+    id: usize,
+    topic: &str,
+) -> anyhow::Result<runnel_proto::v1::PartitionDescription> {
+    let mut admin =
+        runnel_proto::v1::admin_client::AdminClient::connect(c.brokers[id].endpoint()).await?;
+    admin
+        .describe_partitions(runnel_proto::v1::DescribePartitionsRequest {
+            topics: vec![topic.into()],
+        })
+        .await?
+        .into_inner()
+        .partitions
+        .into_iter()
+        .find(|p| p.partition == 0)
+        .ok_or_else(|| anyhow::anyhow!("broker {id} holds no copy of {topic}/0"))
+}
+
+/// A follower whose copy was wiped copies a compacted log (batches with gaps between them),
+/// is killed right after it is back in the ISR, and restarts with its whole copy: recovery
+/// truncates a tail at its first gap, so a copy counts as durable past a gap only once a
+/// checkpoint covers it. Then it is the only broker left and leads: every key's last
+/// acknowledged value is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_of_a_compacted_log_survives_a_crash_and_leads() -> anyhow::Result<()> {
+    const KEYS: usize = 20;
+    const ROUNDS: usize = 150;
+    let lag = LAG_MS.to_string();
+    let mut c = TestCluster::start(
+        3,
+        &[
+            "--replica-lag-time-max-ms",
+            &lag,
+            "--cleaner-interval-ms",
+            "200",
+        ],
+    )
+    .await?;
+    let topic = "keys";
+    c.create_topic(
+        topic,
+        1,
+        3,
+        TopicConfig {
+            cleanup_policy: Some("compact".into()),
+            min_insync_replicas: Some(2),
+            min_cleanable_dirty_ratio: Some(0.01),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let wiped = 2;
+    c.brokers[wiped].kill9();
+    std::fs::remove_dir_all(&c.brokers[wiped].data_dir)?;
+    // Every round rewrites every key, in a batch of its own: the cleaner empties whole
+    // batches, and the log keeps gaps where they were.
+    let mut config = ProducerConfig::new(c.bootstrap());
+    config.acks = Acks::All;
+    let producer = Producer::connect(config).await?;
+    let mut latest = std::collections::BTreeMap::new();
+    // A key written once: its batch stays, before the gap the rewritten keys leave.
+    producer
+        .send(
+            ProducerRecord::new(topic, Bytes::from_static(b"first"))
+                .key(Bytes::from_static(b"once"))
+                .partition(0),
+        )
+        .await?
+        .await?;
+    latest.insert("once".to_string(), "first".to_string());
+    for round in 0..ROUNDS {
+        let mut acks = Vec::new();
+        for k in 0..KEYS {
+            let value = format!("key-{k}-round-{round}");
+            acks.push(
+                producer
+                    .send(
+                        ProducerRecord::new(topic, Bytes::from(value.clone()))
+                            .key(Bytes::from(format!("key-{k}")))
+                            .partition(0),
+                    )
+                    .await?,
+            );
+            latest.insert(format!("key-{k}"), value);
+        }
+        producer.flush().await;
+        for a in acks {
+            a.await?;
+        }
+    }
+    let produced = describe_on(&c, 0, topic).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = describe_on(&c, 0, topic).await?;
+        if d.batch_count < produced.batch_count / 2 && d.batch_count >= 2 {
+            println!(
+                "the leader compacted {} batches to {} (log end {})",
+                produced.batch_count, d.batch_count, d.log_end_offset
+            );
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the leader did not compact: {d:?}\n{}",
+            c.log_tails(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its own cleaner (and the checkpoint it takes first) waits 15 s, the default: what the
+    // copy holds past its checkpoint is what it copied.
+    c.brokers[wiped].restart_with(&["--replica-lag-time-max-ms", &lag])?;
+    c.wait_for(
+        "the wiped broker back in the ISR",
+        Duration::from_secs(30),
+        c.all_in_sync(),
+    )
+    .await?;
+    let copied = describe_on(&c, wiped, topic).await?;
+    c.brokers[wiped].kill9();
+    c.brokers[wiped].restart()?;
+    let restarted = describe_on(&c, wiped, topic).await?;
+    println!(
+        "the copy held {} batches to offset {} (durable to {}); after kill -9 and a restart {} batches to {}",
+        copied.batch_count,
+        copied.log_end_offset,
+        copied.durable_end_offset,
+        restarted.batch_count,
+        restarted.log_end_offset
+    );
+    assert!(
+        restarted.log_end_offset >= copied.durable_end_offset,
+        "the restarted copy ends at {}, below the {} it had reported durable",
+        restarted.log_end_offset,
+        copied.durable_end_offset
+    );
+    c.wait_for(
+        "the restarted broker back in the ISR",
+        Duration::from_secs(30),
+        c.all_in_sync(),
+    )
+    .await?;
+    // The others go: the copy that was wiped leads.
+    c.brokers[0].kill9();
+    c.brokers[1].kill9();
+    c.wait_for("the copied broker leading", Duration::from_secs(15), |md| {
+        md.topics
+            .iter()
+            .any(|t| t.name == topic && t.partitions[0].leader == wiped as i32)
+    })
+    .await?;
+    let mut consumer = Consumer::connect(&c.brokers[wiped].address).await?;
+    consumer
+        .assign(topic, Partitions::All, StartOffset::Earliest)
+        .await?;
+    let mut read = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read != latest && Instant::now() < deadline {
+        // The brokers may still learn who leads: an unreachable old leader is retried.
+        let records = match consumer.poll(Duration::from_millis(500)).await {
+            Ok(records) => records,
+            Err(e) => {
+                eprintln!("consumer: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        for r in records {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+            let value =
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
+            read.insert(key, value);
+        }
+    }
+    assert_eq!(
+        read, latest,
+        "every key's last acknowledged value, read from the copy"
+    );
+    Ok(())
 }

@@ -127,12 +127,16 @@ impl<S: Storage> Broker<S> {
             return Ok(0);
         }
         let mut written = 0;
+        let mut checkpointed = Vec::new();
         for ((topic, partition), log) in logs {
             if log.unchecked().0 == 0 {
                 continue;
             }
             match log.checkpoint() {
-                Ok(Some(_)) => written += 1,
+                Ok(Some(end)) => {
+                    written += 1;
+                    checkpointed.push((log, end));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     self.fail_storage(&format!("checkpoint failed: {e}"));
@@ -142,6 +146,9 @@ impl<S: Storage> Broker<S> {
         }
         if written > 0 {
             self.storage.flush()?;
+            for (log, end) in checkpointed {
+                log.gaps_checkpointed(end);
+            }
         }
         Ok(written)
     }

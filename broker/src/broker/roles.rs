@@ -210,6 +210,36 @@ impl<S: Storage> Broker<S> {
         Ok(end)
     }
 
+    /// A copy that holds batches on disk past a gap its leader's compaction left counts as
+    /// durable only up to the gap until a checkpoint covers it: checkpoints it and flushes, on
+    /// its appender thread, so that its progress goes on. Nothing to do for other copies.
+    pub async fn checkpoint_gaps(
+        &self,
+        topic: &str,
+        partition: i32,
+        log: &Log<S>,
+    ) -> Result<(), BrokerError> {
+        if !log.wants_gap_checkpoint() {
+            return Ok(());
+        }
+        let (l, storage) = (log.clone(), self.storage.clone());
+        let done = self
+            .on_appender(topic, partition, move || -> Result<(), LogError> {
+                l.checkpoint()?;
+                // What the flush makes durable: the checkpoint as it is before it starts.
+                let (_, end) = l.unchecked();
+                storage.flush()?;
+                l.gaps_checkpointed(end);
+                Ok(())
+            })
+            .await?;
+        if let Err(e) = done {
+            self.fail_storage(&format!("checkpoint failed: {e}"));
+            return Err(BrokerError::log(topic, partition, e));
+        }
+        Ok(())
+    }
+
     /// Runs `job` on a partition's appender thread, after the stores queued there.
     pub async fn on_appender<T: Send + 'static>(
         &self,

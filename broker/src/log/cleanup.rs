@@ -73,6 +73,7 @@ impl<L: BatchLog> PartitionLog<L> {
                 end_offset,
                 log_start_offset,
                 cleaned_offset: s.checkpoint.cleaned_offset.max(log_start_offset),
+                high_watermark: s.checkpoint.high_watermark.max(log_start_offset),
                 epochs: s.checkpoint.epochs.clone(),
                 producers,
             };

@@ -57,8 +57,10 @@ impl BatchMeta {
 const ENTRY_LEN: usize = 4 + 8 + 4 + 8 + 2 + 4 + 4;
 /// Version byte of the checkpoint record before it carried the leader epochs.
 const CHECKPOINT_V1: u8 = 1;
+/// Version byte of the checkpoint record before it carried the high watermark.
+const CHECKPOINT_V2: u8 = 2;
 /// Version byte of the checkpoint record.
-const CHECKPOINT_VERSION: u8 = 2;
+const CHECKPOINT_VERSION: u8 = 3;
 
 /// A stored index entry or checkpoint that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +129,10 @@ pub struct Checkpoint {
     /// Compaction has cleaned the log below this offset: what is above it, up to `end_offset`,
     /// is its dirty part.
     pub cleaned_offset: i64,
+    /// The high watermark when the checkpoint was taken, at most `end_offset`: a follower's
+    /// copy is checkpointed up to its own durable end, which may be past what is committed.
+    /// `end_offset` in a version 1 or 2 record, which were taken at the high watermark.
+    pub high_watermark: i64,
     /// The leader epochs of the batches below `end_offset`: (epoch, offset of its first batch),
     /// ascending (Kafka's leader-epoch checkpoint). Empty in a version 1 record.
     pub epochs: Vec<(i32, i64)>,
@@ -137,11 +143,12 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Its stored form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(29 + 12 * self.epochs.len() + self.producers.len());
+        let mut v = Vec::with_capacity(37 + 12 * self.epochs.len() + self.producers.len());
         v.push(CHECKPOINT_VERSION);
         v.extend_from_slice(&self.end_offset.to_be_bytes());
         v.extend_from_slice(&self.log_start_offset.to_be_bytes());
         v.extend_from_slice(&self.cleaned_offset.to_be_bytes());
+        v.extend_from_slice(&self.high_watermark.to_be_bytes());
         v.extend_from_slice(&(self.epochs.len() as u32).to_be_bytes());
         for (epoch, start) in &self.epochs {
             v.extend_from_slice(&epoch.to_be_bytes());
@@ -159,17 +166,30 @@ impl Checkpoint {
             i64::from_be_bytes(a)
         };
         match b {
-            [version @ (CHECKPOINT_V1 | CHECKPOINT_VERSION), rest @ ..] if rest.len() >= 24 => {
-                let mut at = 24;
+            [version @ (CHECKPOINT_V1 | CHECKPOINT_V2 | CHECKPOINT_VERSION), rest @ ..] => {
+                // The fixed fields: end, log start, cleaned offset, and from version 3 the
+                // high watermark.
+                let fixed = if *version == CHECKPOINT_VERSION {
+                    32
+                } else {
+                    24
+                };
+                if rest.len() < fixed {
+                    return Err(IndexCorrupt(format!(
+                        "checkpoint record of {} bytes is too short for version {version}",
+                        b.len()
+                    )));
+                }
+                let mut at = fixed;
                 let mut epochs = Vec::new();
-                if *version == CHECKPOINT_VERSION {
+                if *version != CHECKPOINT_V1 {
                     let count = rest
-                        .get(24..28)
+                        .get(at..at + 4)
                         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
                         .ok_or_else(|| {
                             IndexCorrupt("checkpoint record without its epochs".into())
                         })?;
-                    at = 28;
+                    at += 4;
                     if rest.len() < at + 12 * count {
                         return Err(IndexCorrupt(format!(
                             "checkpoint record of {} bytes is too short for its {count} epochs",
@@ -185,10 +205,16 @@ impl Checkpoint {
                         at += 12;
                     }
                 }
+                let end_offset = i64_at(rest, 0);
                 Ok(Checkpoint {
-                    end_offset: i64_at(rest, 0),
+                    end_offset,
                     log_start_offset: i64_at(rest, 8),
                     cleaned_offset: i64_at(rest, 16),
+                    high_watermark: if *version == CHECKPOINT_VERSION {
+                        i64_at(rest, 24)
+                    } else {
+                        end_offset
+                    },
                     epochs,
                     producers: rest[at..].to_vec(),
                 })
@@ -234,7 +260,7 @@ mod tests {
                 records_count: count,
             };
             prop_assert_eq!(decode_entry(base, &encode_entry(&m)), Ok(m));
-            let c = Checkpoint { end_offset: end, log_start_offset: start, cleaned_offset: cleaned, epochs, producers: vec![1, 2, 3] };
+            let c = Checkpoint { end_offset: end, log_start_offset: start, cleaned_offset: cleaned, high_watermark: end / 2, epochs, producers: vec![1, 2, 3] };
             prop_assert_eq!(Checkpoint::decode(&c.encode()), Ok(c));
         }
     }
@@ -249,6 +275,22 @@ mod tests {
         v1.extend_from_slice(&[7, 7]);
         let c = Checkpoint::decode(&v1).expect("v1");
         assert_eq!((c.epochs.len(), c.producers), (0, vec![7, 7]));
+        // A version 2 record (before the high watermark) reads it as the end offset.
+        let mut v2 = vec![2u8];
+        v2.extend_from_slice(&9i64.to_be_bytes());
+        v2.extend_from_slice(&[0; 16]);
+        v2.extend_from_slice(&1u32.to_be_bytes());
+        v2.extend_from_slice(&3i32.to_be_bytes());
+        v2.extend_from_slice(&4i64.to_be_bytes());
+        let c = Checkpoint::decode(&v2).expect("v2");
+        assert_eq!(
+            (c.end_offset, c.high_watermark, c.epochs),
+            (9, 9, vec![(3, 4)])
+        );
+        assert!(
+            Checkpoint::decode(&[3u8; 30]).is_err(),
+            "a version 3 record needs 32 bytes"
+        );
         let mut short = vec![2u8];
         short.extend_from_slice(&[0; 24]);
         short.extend_from_slice(&5u32.to_be_bytes());

@@ -278,9 +278,37 @@ struct LogState {
     checkpoint: Checkpoint,
     /// Bytes appended at or after the checkpoint's end: what a restart would read.
     unchecked_bytes: u64,
+    /// Where the first gap past the durable checkpoint starts, in a follower's copy (the
+    /// leader's compaction leaves gaps between batches). Recovery truncates a tail at its
+    /// first gap, as a crash can leave one, so the copy counts as durable only up to here
+    /// until a checkpoint through the gap is on disk ([`PartitionLog::gaps_checkpointed`]).
+    tail_gap: Option<i64>,
 }
 
 impl LogState {
+    /// The durable end a restart would find: [`Self::durable_end`], and no further than a gap
+    /// recovery would truncate at.
+    fn safe_durable_end(&self) -> i64 {
+        self.tail_gap
+            .map_or(self.durable_end, |g| g.min(self.durable_end))
+    }
+
+    /// The first gap in the batches at or after `from` (where the checkpoint ends): an offset
+    /// no batch starts at although the one before ends there, as recovery reads the tail.
+    fn first_gap_from(&self, from: i64) -> Option<i64> {
+        let at = self.index.partition_point(|b| b.base_offset < from);
+        let mut expect = at
+            .checked_sub(1)
+            .map_or(from, |i| self.index[i].next_offset().max(from));
+        for b in self.index.range(at..) {
+            if b.base_offset != expect {
+                return Some(expect);
+            }
+            expect = b.next_offset();
+        }
+        None
+    }
+
     /// Refuses an offset outside `[log_start_offset, log_end_offset]`.
     fn check_offset(&self, offset: i64) -> Result<(), LogError> {
         if offset < self.log_start_offset || offset > self.log_end_offset {
@@ -498,16 +526,17 @@ impl<L: BatchLog> PartitionLog<L> {
     /// Moves the high watermark to what the commit rule gives, never down, and wakes readers
     /// and waiters.
     fn raise_high_watermark(&self, state: &mut LogState) {
-        let to = state.commit.high_watermark(state.durable_end);
+        let to = state.commit.high_watermark(state.safe_durable_end());
         if to > state.high_watermark {
             state.high_watermark = to;
             self.high_watermark.send_replace(to);
         }
     }
 
-    /// The offset below which this copy is durable.
+    /// The offset below which this copy is durable, and would still be after a restart: up
+    /// to the first gap past its durable checkpoint, if it has one.
     pub fn durable_end_offset(&self) -> i64 {
-        self.state.lock().durable_end
+        self.state.lock().safe_durable_end()
     }
 
     /// A receiver that sees every high watermark change (long-poll fetch, acks=all, subscribe).

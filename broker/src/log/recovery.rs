@@ -18,6 +18,7 @@ impl<L: BatchLog> PartitionLog<L> {
                 end_offset: 0,
                 log_start_offset: legacy_log_start,
                 cleaned_offset: 0,
+                high_watermark: 0,
                 epochs: Vec::new(),
                 producers: Vec::new(),
             },
@@ -131,6 +132,7 @@ impl<L: BatchLog> PartitionLog<L> {
                 producers,
                 checkpoint,
                 unchecked_bytes,
+                tail_gap: None,
             }),
             high_watermark,
             offline: Arc::default(),
@@ -153,7 +155,14 @@ impl<L: BatchLog> PartitionLog<L> {
         let _maintenance = self.maintenance.lock();
         let (entries, next) = {
             let s = self.state.lock();
-            let end = s.high_watermark;
+            // A follower's copy (and a copy that still holds a gap it took as a follower) is
+            // checkpointed up to its own durable end, so that a gap the leader's compaction
+            // left is covered before the copy counts as durable past it; the high watermark
+            // goes into the record for a restart.
+            let end = match (s.role, s.tail_gap) {
+                (Role::Leader, None) => s.high_watermark,
+                _ => s.durable_end.max(s.high_watermark),
+            };
             if end <= s.checkpoint.end_offset {
                 return Ok(None);
             }
@@ -168,6 +177,7 @@ impl<L: BatchLog> PartitionLog<L> {
                 .collect();
             let next = Checkpoint {
                 end_offset: end,
+                high_watermark: s.high_watermark.min(end),
                 producers: s.producers.snapshot_below(end),
                 epochs: s.epochs.clone(),
                 ..s.checkpoint.clone()
@@ -181,5 +191,22 @@ impl<L: BatchLog> PartitionLog<L> {
         s.checkpoint = next;
         s.unchecked_bytes = s.index.range(from..).map(|b| b.size).sum();
         Ok(Some(end))
+    }
+
+    /// After a flush that followed a checkpoint up to `end`: the gaps below `end` are covered
+    /// on disk, and the copy counts as durable up to the next gap, if any.
+    pub fn gaps_checkpointed(&self, end: i64) {
+        let mut s = self.state.lock();
+        if s.tail_gap.is_some_and(|g| g < end) {
+            s.tail_gap = s.first_gap_from(end);
+            self.raise_high_watermark(&mut s);
+        }
+    }
+
+    /// Whether this copy holds batches on disk past a gap that no durable checkpoint covers
+    /// yet: a checkpoint and a flush make them count ([`Self::gaps_checkpointed`]).
+    pub fn wants_gap_checkpoint(&self) -> bool {
+        let s = self.state.lock();
+        s.tail_gap.is_some_and(|g| s.durable_end > g)
     }
 }

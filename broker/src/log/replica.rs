@@ -166,7 +166,7 @@ impl<L: BatchLog> PartitionLog<L> {
         let mut s = self.state.lock();
         let to = s
             .checkpoint
-            .end_offset
+            .high_watermark
             .max(s.log_start_offset)
             .min(s.high_watermark);
         s.high_watermark = to;
@@ -251,6 +251,7 @@ impl<L: BatchLog> PartitionLog<L> {
             ));
         }
         let mut expect = s.log_end_offset;
+        let mut gap = None;
         let mut last_epoch = s.epochs.last().map(|(e, _)| *e);
         let mut headers = Vec::with_capacity(batches.len());
         for b in batches {
@@ -275,6 +276,9 @@ impl<L: BatchLog> PartitionLog<L> {
                     h.base_offset, h.partition_leader_epoch
                 )));
             }
+            if h.base_offset > expect {
+                gap = gap.or(Some(expect));
+            }
             last_epoch = Some(h.partition_leader_epoch);
             expect = h.next_offset();
             headers.push(h);
@@ -296,6 +300,7 @@ impl<L: BatchLog> PartitionLog<L> {
             s.log_end_offset = h.next_offset();
             s.stored_end = s.log_end_offset;
         }
+        s.tail_gap = s.tail_gap.or(gap);
         Ok(s.log_end_offset)
     }
 
@@ -353,6 +358,7 @@ impl<L: BatchLog> PartitionLog<L> {
             let next = Checkpoint {
                 end_offset: cut,
                 cleaned_offset: s.checkpoint.cleaned_offset.min(cut),
+                high_watermark: s.checkpoint.high_watermark.min(cut),
                 epochs: s.epochs.clone(),
                 producers: s.producers.snapshot_below(cut),
                 ..s.checkpoint.clone()
@@ -371,6 +377,7 @@ impl<L: BatchLog> PartitionLog<L> {
         s.log_end_offset = cut;
         s.stored_end = cut;
         s.durable_end = s.durable_end.min(cut);
+        s.tail_gap = s.first_gap_from(s.checkpoint.end_offset);
         if s.high_watermark > cut {
             s.high_watermark = cut;
             self.high_watermark.send_replace(cut);
@@ -404,6 +411,7 @@ impl<L: BatchLog> PartitionLog<L> {
             end_offset: offset,
             log_start_offset: offset,
             cleaned_offset: offset,
+            high_watermark: offset,
             epochs: Vec::new(),
             producers: Producers::default().snapshot_below(offset),
         };
@@ -417,6 +425,7 @@ impl<L: BatchLog> PartitionLog<L> {
         s.epochs.clear();
         s.size_bytes = 0;
         s.unchecked_bytes = 0;
+        s.tail_gap = None;
         s.log_start_offset = offset;
         s.log_end_offset = offset;
         s.stored_end = offset;
@@ -515,6 +524,65 @@ mod tests {
         torn[last] ^= 1;
         assert!(follower.append_replicated(&[Bytes::from(torn)], 1).is_err());
         assert_eq!(follower.log_end_offset(), 5, "nothing of a refused chunk");
+    }
+
+    /// `n` records at `base`, stamped with leader epoch 1.
+    fn batch_at(base: i64, n: usize) -> Bytes {
+        let mut v = batch(n, None).to_vec();
+        codec::set_base_offset(&mut v, base);
+        codec::set_partition_leader_epoch(&mut v, 1);
+        Bytes::from(v)
+    }
+
+    #[test]
+    fn a_copy_counts_as_durable_past_a_compaction_gap_once_a_checkpoint_covers_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = SledStorage::open(dir.path()).expect("open");
+        let open = |storage: &SledStorage| {
+            PartitionLog::recover(storage.open_log("t", 0).expect("log"), 0, 0).expect("recover")
+        };
+        let follower = open(&storage);
+        follower.become_follower(1);
+        // The leader compacted offsets 3 and 4 away: its batches at 0..3 and 5..7.
+        let sent = [batch_at(0, 3), batch_at(5, 2)];
+        assert_eq!(follower.append_replicated(&sent, 1).expect("append"), 7);
+        follower.mark_durable(7);
+        // On disk, but a restart would truncate at the gap: durable up to it only.
+        assert_eq!(follower.durable_end_offset(), 3);
+        assert!(follower.wants_gap_checkpoint());
+        drop(follower);
+        let restarted = open(&storage);
+        assert_eq!(
+            restarted.log_end_offset(),
+            3,
+            "recovery truncates at the gap"
+        );
+        drop(restarted);
+
+        let follower = open(&storage);
+        follower.restart_high_watermark();
+        follower.become_follower(1);
+        assert_eq!(
+            follower.append_replicated(&sent[1..], 1).expect("append"),
+            7
+        );
+        follower.mark_durable(7);
+        assert_eq!(follower.durable_end_offset(), 3);
+        // A checkpoint through the gap, made durable by a flush: the copy counts to its end,
+        // though the leader has committed nothing yet.
+        assert_eq!(follower.checkpoint().expect("checkpoint"), Some(7));
+        let (_, end) = follower.unchecked();
+        storage.flush().expect("flush");
+        follower.gaps_checkpointed(end);
+        assert_eq!(follower.durable_end_offset(), 7);
+        assert!(!follower.wants_gap_checkpoint());
+        drop(follower);
+        let restarted = open(&storage);
+        assert_eq!(restarted.log_end_offset(), 7, "the gap is kept");
+        assert_eq!(stored(&restarted), sent, "byte for byte");
+        // Its high watermark after the restart is what was committed, not the checkpoint.
+        restarted.restart_high_watermark();
+        assert_eq!(restarted.summary().high_watermark, 0);
     }
 
     #[test]

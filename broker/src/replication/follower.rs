@@ -231,6 +231,9 @@ async fn follow_once<S: Storage>(
                 }
             }
             _ = flushed.changed() => {
+                for (p, log, _) in copies.values() {
+                    broker.checkpoint_gaps(&p.topic, p.partition, log).await?;
+                }
                 touched.extend(copies.keys().cloned());
             }
             _ = shutdown.changed() => return Ok(()),

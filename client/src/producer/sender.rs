@@ -362,6 +362,25 @@ impl Sender {
                 }
             }
         }
+        {
+            // A partition waiting out a backoff whose leader has changed resends at once: the
+            // new leader is known (as Kafka's clients do since KIP-951); were it to fail too,
+            // the backoff goes on growing.
+            let before = self
+                .shared
+                .metadata
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            for p in &mut self.partitions {
+                let now = info.leader(&p.topic, p.partition);
+                if p.backoff_until.is_some()
+                    && now.is_some()
+                    && now != before.leader(&p.topic, p.partition)
+                {
+                    p.backoff_until = None;
+                }
+            }
+        }
         *self
             .shared
             .metadata
