@@ -69,9 +69,11 @@ fuzz:
 fmt:
 	$(CARGO) fmt --all
 
-## Regenerates crds/ from the Rust types (a test fails when they drift).
+## Regenerates crds/ from the Rust types, and the Helm chart's copies in charts/runnel/crds/
+## (tests fail when either drifts).
 crds:
 	$(CARGO) run -p runnel-operator --bin crdgen
+	cp crds/*.yaml charts/runnel/crds/
 
 ## Broker vs raw-sled benchmark; writes docs/benchmarks.md.
 bench: release
