@@ -27,6 +27,10 @@ pub const K8S_VERSION: &str = "v1.37.2";
 pub const ETCD_VERSION: &str = "v3.6.16";
 /// The command that builds and caches the binaries.
 pub const INSTALL_COMMAND: &str = "e2e/tools/build-tools.sh k8s etcd";
+/// The helm release the chart tests run (`HELM_VERSION` in `e2e/tools/build-tools.sh`).
+pub const HELM_VERSION: &str = "v3.22.0";
+/// The command that builds and caches helm.
+pub const HELM_INSTALL_COMMAND: &str = "e2e/tools/build-tools.sh helm";
 
 /// What can go wrong while starting or driving the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,12 @@ pub enum Error {
     /// A binary the harness needs is not where `build-tools.sh` puts it.
     #[error("{path} is missing: run `{INSTALL_COMMAND}`")]
     MissingTool {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// helm is not where `build-tools.sh helm` puts it.
+    #[error("{path} is missing: run `{HELM_INSTALL_COMMAND}`")]
+    MissingHelm {
         /// Where it was looked for.
         path: PathBuf,
     },
@@ -117,6 +127,22 @@ pub fn etcd_binary() -> Result<PathBuf, Error> {
 /// not skip.
 pub fn kubectl_binary() -> PathBuf {
     k8s_binary("kubectl").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Path of the cached `helm` under `home` (a [`runnel_home`]), or [`Error::MissingHelm`],
+/// which names the command that installs it.
+pub fn helm_binary_in(home: &std::path::Path) -> Result<PathBuf, Error> {
+    let path = home.join(format!("helm-{HELM_VERSION}/bin/helm"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingHelm { path })
+    }
+}
+
+/// Path of the cached `helm`, or [`Error::MissingHelm`].
+pub fn helm_binary() -> Result<PathBuf, Error> {
+    helm_binary_in(&runnel_home())
 }
 
 fn existing(path: PathBuf) -> Result<PathBuf, Error> {

@@ -41,6 +41,16 @@ pub struct Operator {
 impl Operator {
     /// Starts `runnel-operator` against `cp` with extra `args`.
     pub fn start(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_kubeconfig(cp.kubeconfig(), &[], args)
+    }
+
+    /// Starts `runnel-operator` with `kubeconfig` (another user than the admin, e.g. a
+    /// ServiceAccount's token), extra environment variables `env` and extra `args`.
+    pub fn start_with_kubeconfig(
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let binary = binary_next_to_tests("runnel-operator")?;
         let dir = tempfile::tempdir().context("operator temp dir")?;
         let log = dir.path().join("operator.log");
@@ -53,8 +63,9 @@ impl Operator {
             .arg(&binary)
             .args(["--metrics-listen", &metrics])
             .args(args)
-            .env("KUBECONFIG", cp.kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,runnel_operator=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().context("operator log file")?)
             .stderr(file)
@@ -66,6 +77,11 @@ impl Operator {
             metrics,
             _dir: dir,
         })
+    }
+
+    /// Its whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last 40 lines of its log.
