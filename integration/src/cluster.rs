@@ -239,6 +239,19 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Adds `__consumer_offsets` with `partitions` partitions of `min(3, brokers)` copies
+    /// each and its config, as the operator places it.
+    pub async fn create_offsets_topic(&self, partitions: i32) -> anyhow::Result<()> {
+        let replicas = (self.brokers.len() as i32).clamp(1, 3);
+        self.create_topic(
+            runnel_broker::groups::OFFSETS_TOPIC,
+            partitions,
+            replicas,
+            runnel_broker::groups::offsets_topic_config(),
+        )
+        .await
+    }
+
     /// Waits until the controller's metadata satisfies `done`, at most `patience`.
     pub async fn wait_for(
         &self,

@@ -473,3 +473,77 @@ async fn a_copy_of_a_compacted_log_survives_a_crash_and_leads() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// A group's committed offsets live in `__consumer_offsets`, three copies of each partition:
+/// `kill -9` of the group's coordinator, and a new member of the group starts where the group
+/// committed, its coordinator now the partition's new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn committed_offsets_survive_the_coordinators_death() -> anyhow::Result<()> {
+    use runnel_client::{AutoOffsetReset, ConsumerConfig, GroupConsumer, GroupConsumerConfig};
+    let mut c = cluster(2).await?;
+    c.create_offsets_topic(3).await?;
+    let records = (0..1000).map(|i| (format!("k{i}"), format!("e-{i}")));
+    runnel_integration::produce_records(&c.bootstrap(), TOPIC, Some(0), records).await?;
+    let bootstrap = c.bootstrap();
+    let config = || GroupConsumerConfig {
+        consumer: ConsumerConfig {
+            bootstrap: bootstrap.clone(),
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        },
+        group_id: "billing".into(),
+        enable_auto_commit: false,
+        ..GroupConsumerConfig::default()
+    };
+    // One member reads partition 0 up to offset 600 and commits there.
+    let mut member = GroupConsumer::new(config()).await?;
+    member.subscribe(&[TOPIC])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while member.position(TOPIC, 0).unwrap_or(0) < 600 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the member did not read 600 records"
+        );
+        member.poll(Duration::from_millis(200)).await?;
+    }
+    member
+        .commit_offsets(&[((TOPIC.to_string(), 0), 600)])
+        .await?;
+    member.close().await?;
+    let found = BrokerClient::connect(c.brokers[0].endpoint())
+        .await?
+        .find_coordinator(runnel_proto::v1::FindCoordinatorRequest {
+            group_id: "billing".into(),
+        })
+        .await?
+        .into_inner();
+    let coordinator = usize::try_from(found.broker_id)?;
+    let killed = Instant::now();
+    c.brokers[coordinator].kill9();
+    // A new member: its first record is the one after the commit.
+    let mut next = GroupConsumer::new(config()).await?;
+    next.subscribe(&[TOPIC])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        match next.poll(Duration::from_millis(200)).await {
+            Ok(records) => {
+                if let Some(r) = records.iter().find(|r| r.partition == 0) {
+                    break r.offset;
+                }
+            }
+            Err(e) => eprintln!("member: {e}"),
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the new member read nothing");
+    };
+    let now = c.partition(runnel_broker::groups::OFFSETS_TOPIC, found.partition);
+    println!(
+        "coordinator broker {coordinator} (partition {} of __consumer_offsets) killed; broker {} leads it; the next member started at offset {first} after {} ms",
+        found.partition,
+        now.leader,
+        killed.elapsed().as_millis()
+    );
+    assert_ne!(now.leader, coordinator as i32);
+    assert_eq!(first, 600, "the committed offset, read from another copy");
+    next.close().await?;
+    Ok(())
+}

@@ -255,6 +255,18 @@ impl<S: Storage> Coordinator<S> {
                 return Ok(s.clone());
             }
         }
+        // A new leader holds every committed record, but its high watermark may still be
+        // rising to its log end as its followers report under the new epoch: load once it is
+        // there, so that no commit acknowledged by the previous leader is missed (Kafka's
+        // COORDINATOR_LOAD_IN_PROGRESS until then). Only the coordinator appends here, and it
+        // does not before the load, so the high watermark gets there.
+        let summary = log.summary();
+        if summary.high_watermark < summary.log_end_offset {
+            return Err(BrokerError::CoordinatorNotAvailable(format!(
+                "partition {p} of `{OFFSETS_TOPIC}` is loading (high watermark {} of log end {}): retry",
+                summary.high_watermark, summary.log_end_offset
+            )));
+        }
         // Load the partition: every record up to the high watermark, in order.
         let mut view = BTreeMap::new();
         let mut offset = log.summary().log_start_offset;

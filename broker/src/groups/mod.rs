@@ -7,6 +7,8 @@ pub mod coordinator;
 pub mod group;
 pub mod offsets;
 
-pub use coordinator::{Coordinator, GroupDescription, PlannedReset, OFFSETS_TOPIC};
+pub use coordinator::{
+    offsets_topic_config, Coordinator, GroupDescription, PlannedReset, OFFSETS_TOPIC,
+};
 pub use group::{GroupError, GroupSettings, GroupState, Heartbeat, HeartbeatReply, Subscription};
 pub use offsets::{Committed, ResetTo};

@@ -156,8 +156,36 @@ spec:
         );
         leaders.push(p["leader"].as_i64().context("leader")?);
     }
-    leaders.sort_unstable();
-    ensure!(leaders == [0, 1, 2], "one leader per broker: {leaders:?}");
+    // Preferred leaders are balanced over every topic together, `__consumer_offsets` (three
+    // copies of each of its 50 partitions) included: no broker leads more than one partition
+    // more than another.
+    let internal = runnel_json(
+        &bootstrap,
+        &["topic", "describe", "__consumer_offsets"],
+        None,
+    )?;
+    let internal = internal["partitions"].as_array().context("partitions")?;
+    ensure!(
+        internal
+            .iter()
+            .all(|p| p["replicas"].as_array().is_some_and(|r| r.len() == 3)),
+        "__consumer_offsets with three copies: {internal:?}"
+    );
+    for p in internal {
+        leaders.push(p["leader"].as_i64().context("leader")?);
+    }
+    let mut per_broker = std::collections::BTreeMap::new();
+    for l in &leaders {
+        *per_broker.entry(*l).or_insert(0) += 1;
+    }
+    let (most, least) = (
+        per_broker.values().max().copied().unwrap_or(0),
+        per_broker.values().min().copied().unwrap_or(0),
+    );
+    ensure!(
+        per_broker.len() == 3 && most - least <= 1,
+        "leaders per broker over every topic: {per_broker:?}"
+    );
     wait_for("the status matches the brokers", &operator, || {
         let topic = get(&cp, "topics.runnel.dev", "orders")?.context("Topic")?;
         let described = runnel_json(&bootstrap, &["topic", "describe", "orders"], None)?;

@@ -54,17 +54,23 @@ pub const OFFSETS_TOPIC_PARTITIONS: i32 = 50;
 /// Field manager of the internal topics' placement in the Cluster's status.
 const INTERNAL_TOPICS_MANAGER: &str = "runnel-operator-internal-topics";
 
+/// Copies of each partition of `__consumer_offsets`: Kafka's `offsets.topic.replication.factor`
+/// (3), or every broker when there are fewer. It follows the Cluster's size: growing to three
+/// brokers adds the copies (moves that complete once they are in sync), shrinking drops them.
+pub fn offsets_topic_replicas(brokers: i32) -> i32 {
+    brokers.clamp(1, 3)
+}
+
 /// The Cluster's internal topics as Topics that exist only in memory (never in the API), so
 /// that they are placed like any other; their placement so far comes from the Cluster's
-/// status. One copy per partition: with replication, `min(3, brokers)` as Kafka's
-/// `offsets.topic.replication.factor`.
+/// status.
 pub fn internal_topics(cluster: &Cluster) -> Vec<Topic> {
     let mut t = Topic::new(
         OFFSETS_TOPIC,
         crate::crd::TopicSpec {
             cluster: cluster.name_any(),
             partitions: OFFSETS_TOPIC_PARTITIONS,
-            replicas: 1,
+            replicas: offsets_topic_replicas(cluster.spec.brokers),
             topic_name: None,
             config: TopicConfig {
                 cleanup_policy: Some(CleanupPolicy::Compact),

@@ -137,6 +137,14 @@ fn the_offsets_topic_is_placed_after_the_topics_and_keeps_its_placement() {
         .find(|t| t.name == OFFSETS_TOPIC)
         .expect("__consumer_offsets");
     assert_eq!(offsets.partitions.len(), OFFSETS_TOPIC_PARTITIONS as usize);
+    // Three copies of each partition on three brokers, as Kafka's default.
+    assert_eq!(offsets.replication_factor, 3);
+    assert!(offsets.partitions.iter().all(|p| p.replicas.len() == 3));
+    assert_eq!(
+        [1, 2, 3, 5].map(offsets_topic_replicas),
+        [1, 2, 3, 3],
+        "min(3, brokers)"
+    );
     assert_eq!(
         offsets
             .config
