@@ -28,10 +28,14 @@ enum Source {
     /// A standalone broker: any id.
     Own,
     /// A block from the controller (`first`, `count`; none before the first metadata), and the
-    /// cluster's end of handed-out ids (0 while unknown: any id is taken).
+    /// cluster's end of handed-out ids (0 while unknown: any id is taken). `distrust`: nothing
+    /// was persisted (a new broker, or one whose disk was lost), so the first block it is sent
+    /// may have been used by an earlier life of this broker: it is taken as used up, and the
+    /// controller sends a new one, as Kafka's brokers ask for a new block at every start.
     Controller {
         block: Option<(i64, i64)>,
         cluster_end: i64,
+        distrust: bool,
     },
 }
 
@@ -64,14 +68,16 @@ impl ProducerIds {
         }
     }
 
-    /// A broker in a cluster whose persisted watermark is `watermark`, before it has metadata.
-    pub fn in_cluster(watermark: i64) -> Self {
+    /// A broker in a cluster whose persisted watermark is `watermark` (`None`: nothing
+    /// persisted), before it has metadata.
+    pub fn in_cluster(watermark: Option<i64>) -> Self {
         Self {
-            next: watermark,
-            watermark,
+            next: watermark.unwrap_or(0),
+            watermark: watermark.unwrap_or(0),
             source: Source::Controller {
                 block: None,
                 cluster_end: 0,
+                distrust: watermark.is_none(),
             },
         }
     }
@@ -82,6 +88,7 @@ impl ProducerIds {
         let Source::Controller {
             block: current,
             cluster_end: end,
+            distrust,
         } = &mut self.source
         else {
             return;
@@ -92,6 +99,10 @@ impl ProducerIds {
         }
         *current = block;
         self.next = match block {
+            Some((first, count)) if *distrust => {
+                *distrust = false;
+                first.saturating_add(count)
+            }
             // Ids of the block below the watermark may have been handed out before a restart.
             Some((first, count)) => self.watermark.max(first).min(first.saturating_add(count)),
             None => self.watermark,
@@ -180,7 +191,7 @@ mod tests {
     #[test]
     fn a_block_is_used_up_and_refused_until_the_next() {
         let mut persisted = 0;
-        let mut ids = ProducerIds::in_cluster(persisted);
+        let mut ids = ProducerIds::in_cluster(Some(persisted));
         assert!(take(&mut ids, &mut persisted).is_none(), "no block yet");
         ids.set_block(Some((5000, 3)), 6000);
         let got: Vec<_> = (0..4).map(|_| take(&mut ids, &mut persisted)).collect();
@@ -190,6 +201,18 @@ mod tests {
         ids.set_block(Some((7000, 1000)), 8000);
         assert_eq!(take(&mut ids, &mut persisted), Some(7000));
         assert_eq!(ids.block(), Some(((7000, 1000), 999)));
+    }
+
+    #[test]
+    fn a_broker_without_a_watermark_takes_its_first_block_as_used_up() {
+        // New, or its disk was lost: the block it is sent may be one it used before.
+        let mut persisted = 0;
+        let mut ids = ProducerIds::in_cluster(None);
+        ids.set_block(Some((5000, 100)), 5100);
+        assert!(take(&mut ids, &mut persisted).is_none());
+        assert_eq!(ids.block(), Some(((5000, 100), 0)), "reported used up");
+        ids.set_block(Some((5100, 100)), 5200);
+        assert_eq!(take(&mut ids, &mut persisted), Some(5100));
     }
 
     proptest! {
@@ -204,7 +227,7 @@ mod tests {
             let mut persisted = 0i64;
             let mut end = 0i64;
             let mut blocks: Vec<(i64, i64)> = Vec::new();
-            let start = |p: i64| if standalone { ProducerIds::standalone(p) } else { ProducerIds::in_cluster(p) };
+            let start = |p: i64| if standalone { ProducerIds::standalone(p) } else { ProducerIds::in_cluster(Some(p)) };
             let mut ids = start(persisted);
             let mut seen = std::collections::HashSet::new();
             for (what, n) in steps {

@@ -222,6 +222,11 @@ impl Cluster {
         &self.bootstrap[0]
     }
 
+    /// Every bootstrap address, in the order given.
+    pub fn bootstrap_addresses(&self) -> &[String] {
+        &self.bootstrap
+    }
+
     /// The connection pool.
     pub fn pool(&self) -> &Pool {
         &self.pool

@@ -21,11 +21,14 @@
 //!   none is live.
 //! * **Leader election** (clean): a live in-sync leader stays leader, except that the preferred
 //!   replica (the first target replica) takes leadership back as soon as it is live and in
-//!   sync (Kafka's preferred leader election, `auto.leader.rebalance.enable`). Otherwise the
-//!   leader is chosen among the live in-sync replicas: the preferred one, else the most caught
-//!   up (the highest log end offset reported; ties go to replica order; a replica that reports
-//!   nothing ranks last). Every in-sync replica holds every acknowledged record, so any of
-//!   them may lead; the most caught up loses the fewest unacknowledged ones.
+//!   sync (Kafka's preferred leader election, `auto.leader.rebalance.enable`) and its copy is
+//!   durable up to the leader's high watermark. Otherwise the leader is chosen among the live
+//!   in-sync replicas: the most caught up (the highest log end offset reported; ties go to the
+//!   preferred replica, then replica order; a replica that reports nothing ranks last). Every
+//!   in-sync replica holds every acknowledged record, so any of them may lead; the most caught
+//!   up loses the fewest unacknowledged ones, and a copy that lost its data while still
+//!   recorded in sync (a wiped disk, restarted before its leader reported it behind) reports
+//!   less than the others and does not lead.
 //! * **Unclean election** (`unclean.leader.election.enable`, off by default): with no live
 //!   in-sync replica, the most caught-up live replica that reports a copy leads and becomes the
 //!   whole ISR; what only the lost replicas held is gone. Without it the partition is offline
@@ -187,9 +190,23 @@ pub fn plan(
 
     let preferred = target.first().copied();
     let eligible = |isr: &[i32], b: i32| live.contains(&b) && isr.contains(&b);
+    // The preferred replica takes leadership from a live leader only holding, on disk, what
+    // that leader has committed: an in-sync copy that lost its data (a wiped disk) before the
+    // leader reported it out of sync must not lead. Without a live leader the election below
+    // decides (the most caught up; the preferred one on a tie).
+    let holds_committed = |b: i32| {
+        b == was_leader
+            || (live.contains(&was_leader)
+                && !declined
+                && match (reports.get(&b), reports.get(&was_leader)) {
+                    (Some(r), Some(l)) => r.durable_end_offset >= l.high_watermark,
+                    _ => false,
+                })
+    };
+    // A leader that declined (it restarted) is elected again only as any other candidate.
     let mut leader = match preferred {
-        Some(p) if eligible(&isr, p) => p,
-        _ if eligible(&isr, was_leader) => was_leader,
+        Some(p) if eligible(&isr, p) && holds_committed(p) && !(declined && p == was_leader) => p,
+        _ if eligible(&isr, was_leader) && !declined => was_leader,
         _ => elect(
             isr.iter().copied().filter(|b| live.contains(b)),
             preferred,
@@ -263,8 +280,10 @@ pub fn accepted_leader_report<'a>(
         .filter(|l| l.leader_epoch == previous.leader_epoch)
 }
 
-/// Elects among `candidates` (in replica order): `preferred` when it is one, else the highest
-/// log end offset reported, the first in order on a tie, a candidate without a report last.
+/// Elects among `candidates` (in replica order) the highest log end offset reported:
+/// `preferred` on a tie, else the first in order; a candidate without a report ranks last. The
+/// most caught up, not the preferred one first: an in-sync copy that lost its data (a wiped
+/// disk) before its leader reported it out of sync reports less than the others.
 fn elect(
     candidates: impl Iterator<Item = i32>,
     preferred: Option<i32>,
@@ -272,12 +291,13 @@ fn elect(
 ) -> Option<i32> {
     let mut best: Option<(i32, Option<i64>)> = None;
     for b in candidates {
-        if Some(b) == preferred {
-            return Some(b);
-        }
         // `None < Some(_)`: a candidate without a report ranks below any with one.
         let rank = reports.get(&b).map(|r| r.log_end_offset);
-        if best.is_none_or(|(_, best_rank)| rank > best_rank) {
+        let better = match best {
+            None => true,
+            Some((_, best_rank)) => rank > best_rank || (rank == best_rank && Some(b) == preferred),
+        };
+        if better {
             best = Some((b, rank));
         }
     }

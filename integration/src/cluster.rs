@@ -388,11 +388,21 @@ async fn control(addresses: Vec<String>, state: Arc<Mutex<State>>) {
         let mut live = BTreeSet::new();
         let mut reports = BTreeMap::new();
         let mut behind = Vec::new();
+        let mut short_of_ids = Vec::new();
         for (id, answer) in answers.into_iter().enumerate() {
             let Ok(d) = answer else { continue };
             live.insert(id as i32);
             if d.metadata_epoch < current.epoch {
                 behind.push(id);
+            }
+            // Less than half of its block left (a broker that lost its disk reports its
+            // first block used up): the next block, as the operator hands it.
+            if d.metadata_epoch >= current.epoch
+                && d.producer_id_block
+                    .as_ref()
+                    .is_some_and(|b| d.producer_ids_left * 2 < b.count)
+            {
+                short_of_ids.push(id as i32);
             }
             reports.insert(
                 id as i32,
@@ -407,7 +417,23 @@ async fn control(addresses: Vec<String>, state: Arc<Mutex<State>>) {
                     .collect::<BTreeMap<_, _>>(),
             );
         }
-        let next = runnel_control::next_metadata(&current, &reports, &live);
+        let mut next = runnel_control::next_metadata(&current, &reports, &live);
+        if !short_of_ids.is_empty() {
+            let mut md = next.take().unwrap_or_else(|| ClusterMetadata {
+                epoch: current.epoch + 1,
+                ..current.clone()
+            });
+            for id in short_of_ids {
+                md.producer_id_blocks.retain(|b| b.broker_id != id);
+                md.producer_id_blocks.push(ProducerIdBlock {
+                    broker_id: id,
+                    first_id: md.producer_id_end,
+                    count: ID_BLOCK,
+                });
+                md.producer_id_end += ID_BLOCK;
+            }
+            next = Some(md);
+        }
         let send = match next {
             Some(next) => {
                 let mut s = lock(&state);

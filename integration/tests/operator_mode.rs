@@ -117,7 +117,21 @@ async fn operator_mode_serves_only_applied_metadata_newest_epoch_wins_and_persis
     assert!(err.message().contains("orders"), "{err:?}");
 
     assert_eq!(
-        apply(&mut admin, metadata(5, &me, vec![orders()])).await?,
+        apply(&mut admin, metadata(4, &me, vec![orders()])).await?,
+        (true, 4)
+    );
+    // The first metadata since it started (with nothing persisted: a new broker, or one whose
+    // disk was lost): it declines to lead a replicated partition under the epoch it is handed,
+    // since it may hold none of its records; the controller elects again.
+    let err = client
+        .produce(produce(0, "x"))
+        .await
+        .expect_err("declined under its first epoch");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let mut elected = orders();
+    elected.partitions[0].leader_epoch = 1;
+    assert_eq!(
+        apply(&mut admin, metadata(5, &me, vec![elected.clone()])).await?,
         (true, 5)
     );
     let r = client.produce(produce(0, "first")).await?.into_inner();
@@ -151,7 +165,7 @@ async fn operator_mode_serves_only_applied_metadata_newest_epoch_wins_and_persis
         .await?
         .into_inner();
     assert_eq!((md.epoch, md.broker_id), (5, 1));
-    assert_eq!(md.topics, vec![orders()]);
+    assert_eq!(md.topics, vec![elected]);
     // A leader of a replicated partition that restarted leads again only under a new leader
     // epoch from the controller (it may have lost batches its followers hold).
     let err = client
@@ -168,9 +182,9 @@ async fn operator_mode_serves_only_applied_metadata_newest_epoch_wins_and_persis
         .iter()
         .find(|p| p.partition == 0)
         .expect("partition 0");
-    assert!(!p0.is_leader && p0.leader_epoch == 0, "{p0:?}");
+    assert!(!p0.is_leader && p0.leader_epoch == 1, "{p0:?}");
     let mut again = orders();
-    again.partitions[0].leader_epoch = 1;
+    again.partitions[0].leader_epoch = 2;
     assert_eq!(
         apply(&mut admin, metadata(6, &me, vec![again])).await?,
         (true, 6)
@@ -231,8 +245,33 @@ async fn producer_ids_come_from_the_controllers_blocks() -> anyhow::Result<()> {
     // Before the controller's metadata, no ids.
     let e = init_producer_id(&mut c0).await.expect_err("no block yet");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let mut admin0 = AdminClient::connect(b0.endpoint()).await?;
+    let left = |d: &runnel_proto::v1::DescribePartitionsResponse| {
+        (
+            d.producer_id_block.as_ref().map(|b| (b.first_id, b.count)),
+            d.producer_ids_left,
+        )
+    };
 
-    let mut md = blocks((0, 3), (3, 1000), 1003);
+    // Nothing persisted (new brokers, or disks that were lost): the first block each is sent
+    // may be one it used before, so it counts as used up and the controller sends the next.
+    let first = blocks((0, 3), (3, 1000), 1003);
+    for b in [&b0, &b1] {
+        let mut admin = AdminClient::connect(b.endpoint()).await?;
+        assert!(apply(&mut admin, first.clone()).await?.0);
+    }
+    let e = init_producer_id(&mut c0).await.expect_err("first block");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let d = admin0
+        .describe_partitions(DescribePartitionsRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(left(&d), (Some((0, 3)), 0));
+
+    let mut md = blocks((1003, 3), (1006, 1000), 2006);
+    md.epoch = 2;
+    // Broker 1 leads orders/0 under the epoch elected after it declined its first.
+    md.topics[0].partitions[0].leader_epoch = 1;
     for b in [&b0, &b1] {
         let mut admin = AdminClient::connect(b.endpoint()).await?;
         assert!(apply(&mut admin, md.clone()).await?.0);
@@ -246,22 +285,17 @@ async fn producer_ids_come_from_the_controllers_blocks() -> anyhow::Result<()> {
         init_producer_id(&mut c1).await?,
         init_producer_id(&mut c1).await?,
     ];
-    assert_eq!(from0, vec![0, 1, 2]);
-    assert_eq!(from1, vec![3, 4]);
+    assert_eq!(from0, vec![1003, 1004, 1005]);
+    assert_eq!(from1, vec![1006, 1007]);
     // Broker 0's block is used up: refused, and it says so to the controller.
     let e = init_producer_id(&mut c0).await.expect_err("used up");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("block"), "{e:?}");
-    let mut admin0 = AdminClient::connect(b0.endpoint()).await?;
     let d = admin0
         .describe_partitions(DescribePartitionsRequest::default())
         .await?
         .into_inner();
-    assert_eq!(
-        d.producer_id_block.map(|b| (b.first_id, b.count)),
-        Some((0, 3))
-    );
-    assert_eq!(d.producer_ids_left, 0);
+    assert_eq!(left(&d), (Some((1003, 3)), 0));
 
     // A batch with an id no block holds is refused.
     let mut batch = runnel_codec::BatchBuilder::new(runnel_codec::Compression::None, 0)
@@ -284,16 +318,17 @@ async fn producer_ids_come_from_the_controllers_blocks() -> anyhow::Result<()> {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     // The next block arrives; after a restart broker 0 goes on from it without repeating.
-    md = blocks((1003, 1000), (3, 1000), 2003);
-    md.epoch = 2;
-    assert!(apply(&mut admin0, md).await?.0);
-    assert_eq!(init_producer_id(&mut c0).await?, 1003);
+    let mut next = blocks((2006, 1000), (1006, 1000), 3006);
+    next.epoch = 3;
+    next.topics = md.topics.clone();
+    assert!(apply(&mut admin0, next).await?.0);
+    assert_eq!(init_producer_id(&mut c0).await?, 2006);
     b0.terminate()?;
     b0.restart()?;
     let mut c0 = BrokerClient::connect(b0.endpoint()).await?;
     let after = init_producer_id(&mut c0).await?;
     assert!(
-        after > 1003 && after < 2003,
+        after > 2006 && after < 3006,
         "after a restart the broker skips what it may have handed out: got {after}"
     );
     Ok(())

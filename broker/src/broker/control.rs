@@ -213,6 +213,23 @@ impl<S: Storage> Broker<S> {
         }
         self.persist_metadata(&cluster)?;
         let me = self.settings.broker_id;
+        // The first metadata since the start, where this broker had none (a new broker, or
+        // one whose disk was wiped): it declines to lead a replicated partition under an epoch
+        // it is handed, as a restarted leader does, since it may hold none of its records. The
+        // controller elects again, the most caught-up copy first.
+        if !self.metadata_received.swap(true, Ordering::SeqCst) && current == 0 {
+            let mut fenced = self.fenced_epochs.lock();
+            for t in &cluster.topics {
+                for p in &t.partitions {
+                    if p.leader == me && p.replicas.len() > 1 {
+                        let e = fenced
+                            .entry((t.name.clone(), p.partition))
+                            .or_insert(p.leader_epoch);
+                        *e = (*e).max(p.leader_epoch);
+                    }
+                }
+            }
+        }
         let mine: Vec<(String, i32)> = cluster
             .topics
             .iter()

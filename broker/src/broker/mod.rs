@@ -126,6 +126,8 @@ pub struct Broker<S: Storage> {
     /// not lead them again under an epoch up to that one (it may have lost batches its
     /// followers hold; see [`runnel_control`]'s rule of the restarted leader).
     fenced_epochs: Mutex<HashMap<(String, i32), i32>>,
+    /// Whether a controller's metadata has been applied since this broker started.
+    metadata_received: std::sync::atomic::AtomicBool,
 }
 
 impl<S: Storage> std::fmt::Debug for Broker<S> {
@@ -162,8 +164,10 @@ impl<S: Storage> Broker<S> {
             None => ClusterMetadata::default(),
         };
         let limit = match storage.get_meta(META_PRODUCER_ID_LIMIT)? {
-            Some(b) if b.len() == 8 => i64::from_be_bytes(b[..].try_into().unwrap_or_default()),
-            _ => 0,
+            Some(b) if b.len() == 8 => {
+                Some(i64::from_be_bytes(b[..].try_into().unwrap_or_default()))
+            }
+            _ => None,
         };
         let health = Arc::new(StorageHealth::new(metrics.clone()));
         let group_commit = Arc::new(GroupCommit::start(
@@ -181,7 +185,7 @@ impl<S: Storage> Broker<S> {
             appenders: Appenders::start(settings.append_threads),
             // Ids already handed out may have been used: start after the persisted watermark.
             producer_ids: Mutex::new(if settings.standalone {
-                ProducerIds::standalone(limit)
+                ProducerIds::standalone(limit.unwrap_or(0))
             } else {
                 ProducerIds::in_cluster(limit)
             }),
@@ -194,6 +198,7 @@ impl<S: Storage> Broker<S> {
             appended: watch::channel(0).0,
             metadata_changed: watch::channel(0).0,
             fenced_epochs: Mutex::new(HashMap::new()),
+            metadata_received: std::sync::atomic::AtomicBool::new(false),
             settings,
             storage,
         };

@@ -184,8 +184,16 @@ async fn acks_all_waits_for_the_isr_and_min_insync_replicas_is_enforced() {
         )
         .expect("open"),
     );
+    // The broker's first metadata has no topic: a new broker declines to lead a replicated
+    // partition under the first metadata it is sent (it may have lost its copy).
     broker
-        .apply_metadata(replicated(1, &[0, 1, 2], 2))
+        .apply_metadata(ClusterMetadata {
+            topics: Vec::new(),
+            ..replicated(1, &[], 1)
+        })
+        .expect("apply");
+    broker
+        .apply_metadata(replicated(2, &[0, 1, 2], 2))
         .expect("apply");
     let send = |value: &'static str| {
         let broker = broker.clone();
@@ -210,7 +218,7 @@ async fn acks_all_waits_for_the_isr_and_min_insync_replicas_is_enforced() {
 
     // The controller records an ISR of two: that still meets min.insync.replicas 2.
     broker
-        .apply_metadata(replicated(2, &[0, 1], 2))
+        .apply_metadata(replicated(3, &[0, 1], 2))
         .expect("apply");
     let second = send("b");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -226,7 +234,7 @@ async fn acks_all_waits_for_the_isr_and_min_insync_replicas_is_enforced() {
 
     // With min.insync.replicas 3 and two in sync: refused, nothing appended.
     broker
-        .apply_metadata(replicated(3, &[0, 1], 3))
+        .apply_metadata(replicated(4, &[0, 1], 3))
         .expect("apply");
     let e = send("c").await.expect("task").expect_err("refused");
     assert!(matches!(e, BrokerError::NotEnoughReplicas { .. }), "{e}");
@@ -240,13 +248,13 @@ async fn acks_all_waits_for_the_isr_and_min_insync_replicas_is_enforced() {
     // Appended with three in sync, committed after the ISR shrank to two: acknowledged with
     // NOT_ENOUGH_REPLICAS_AFTER_APPEND.
     broker
-        .apply_metadata(replicated(4, &[0, 1, 2], 3))
+        .apply_metadata(replicated(5, &[0, 1, 2], 3))
         .expect("apply");
     let third = send("d");
     tokio::time::sleep(Duration::from_millis(100)).await;
     broker.follower_progress(&tracker, &log, 1, 3, 3);
     broker
-        .apply_metadata(replicated(5, &[0, 1], 3))
+        .apply_metadata(replicated(6, &[0, 1], 3))
         .expect("apply");
     let e = third.await.expect("task").expect_err("after append");
     assert!(

@@ -32,6 +32,12 @@ struct Follower {
     sends: VecDeque<(i64, i64)>,
     /// It has reported progress in this epoch.
     seen: bool,
+    /// The highest durable end it reported in this epoch.
+    most_durable: i64,
+    /// It reported less on disk than before in this epoch: it lost synced data (a wiped or
+    /// replaced disk), so it no longer holds what was committed with it. Out of sync at once,
+    /// until it is out of the recorded ISR and joins again as any follower does.
+    lost: bool,
 }
 
 /// One partition's leader state.
@@ -161,7 +167,12 @@ impl IsrTracker {
         };
         f.seen = true;
         // As reported, also when lower: a follower that restarted lost what it had not synced,
-        // and truncation takes off what the leader does not hold.
+        // and truncation takes off what the leader does not hold. What it synced it keeps
+        // through a crash; reporting less of that means its disk lost it.
+        if durable_end < f.most_durable {
+            f.lost = true;
+        }
+        f.most_durable = f.most_durable.max(durable_end);
         f.log_end = log_end;
         f.durable_end = durable_end;
         if f.log_end >= leader_end {
@@ -178,6 +189,8 @@ impl IsrTracker {
         }
         if !self.isr.contains(&id) {
             if f.log_end >= self.epoch_start && f.durable_end >= high_watermark {
+                f.lost = false;
+                f.most_durable = f.durable_end;
                 self.joining.insert(id);
             } else {
                 self.joining.remove(&id);
@@ -190,7 +203,9 @@ impl IsrTracker {
             return true;
         }
         self.followers.get(&id).is_some_and(|f| {
-            (f.seen && f.log_end >= leader_end) || now_ms - f.caught_up_ms <= self.lag_max_ms
+            !f.lost
+                && ((f.seen && f.log_end >= leader_end)
+                    || now_ms - f.caught_up_ms <= self.lag_max_ms)
         })
     }
 
@@ -304,6 +319,23 @@ mod tests {
             !t.commit_members().contains_key(&2),
             "joins only with the committed batches"
         );
+    }
+
+    #[test]
+    fn a_follower_that_lost_synced_data_is_out_of_sync_at_once() {
+        let mut t = IsrTracker::new(0, 3, &[0, 1, 2], &[0, 1, 2], 0, LAG, 0);
+        t.progress(1, 500, 500, 500, 500, 10);
+        t.progress(2, 500, 500, 500, 500, 10);
+        assert_eq!(t.wanted_isr(500, 20), vec![0, 1, 2]);
+        // Broker 2 comes back with an empty disk, well within the lag time.
+        t.new_session(2);
+        t.progress(2, 0, 0, 500, 500, 30);
+        assert_eq!(t.wanted_isr(500, 40), vec![0, 1], "out before the lag time");
+        // Still counted until the controller records it out; then it joins as any follower.
+        assert!(t.commit_members().contains_key(&2));
+        t.confirm(&[0, 1, 2], &[0, 1], 50);
+        t.progress(2, 500, 500, 500, 500, 60);
+        assert_eq!(t.wanted_isr(500, 70), vec![0, 1, 2]);
     }
 
     proptest! {

@@ -50,6 +50,10 @@ pub(super) struct Batch {
     pub(super) accounted: usize,
     pub(super) attempts: u32,
     pub(super) last_error: Option<Error>,
+    /// An attempt ended without an answer that says the broker did not append it (a broken
+    /// stream, a request timeout, an internal error): it may be stored. Its sequence numbers
+    /// are then never given to other batches; the producer takes its next epoch instead.
+    pub(super) maybe_appended: bool,
     /// acks=0 batches resolve when shipped.
     pub(super) resolved: bool,
 }
@@ -264,6 +268,7 @@ impl Producer {
                     accounted: 0,
                     attempts: 0,
                     last_error: None,
+                    maybe_appended: false,
                     resolved: false,
                 });
                 shared.pending_batches.fetch_add(1, Ordering::AcqRel);

@@ -154,13 +154,7 @@ impl Producer {
         let cluster = Cluster::new(&config.bootstrap)?;
         let info = cluster.cluster_info(&[]).await?;
         let (producer_id, producer_epoch) = if config.idempotent {
-            let resp = cluster
-                .broker()
-                .await?
-                .init_producer_id(InitProducerIdRequest::default())
-                .await
-                .map_err(|s| Error::rpc("init producer id (idempotent producer)", s))?
-                .into_inner();
+            let resp = init_producer_id(&cluster, config.delivery_timeout).await?;
             let epoch = i16::try_from(resp.producer_epoch).map_err(|_| {
                 Error::Protocol(format!(
                     "producer epoch {} does not fit 16 bits",
@@ -337,4 +331,39 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .expect("runtime")
         .block_on(f)
+}
+
+/// Asks the bootstrap brokers in turn for a producer id, again after a backoff while they
+/// answer with a retriable error (a broker whose block of ids is used up, or that waits for its
+/// first block, answers UNAVAILABLE until the controller sends one), for at most `patience`.
+async fn init_producer_id(
+    cluster: &Cluster,
+    patience: std::time::Duration,
+) -> Result<runnel_proto::v1::InitProducerIdResponse> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut attempt = 0u32;
+    loop {
+        let mut last = None;
+        for address in cluster.bootstrap_addresses() {
+            let answer = match cluster.broker_at(address).await {
+                Ok(mut b) => b
+                    .init_producer_id(InitProducerIdRequest::default())
+                    .await
+                    .map_err(|s| Error::rpc("init producer id (idempotent producer)", s)),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(e) if e.is_retriable() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        attempt += 1;
+        let wait = retry::backoff(attempt);
+        match last {
+            Some(e) if tokio::time::Instant::now() + wait > deadline => return Err(e),
+            Some(_) => tokio::time::sleep(wait).await,
+            None => return Err(Error::Config("no bootstrap address".into())),
+        }
+    }
 }

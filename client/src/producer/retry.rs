@@ -8,7 +8,7 @@ use bytes::Bytes;
 use runnel_codec::{ProducerInfo, NO_SEQUENCE};
 
 use super::accumulator::Batch;
-use super::sender::Sender;
+use super::sender::{Bump, Sender};
 use crate::error::{Error, Result};
 
 /// Kafka's sequence arithmetic: sequences wrap from `i32::MAX` to 0.
@@ -48,9 +48,18 @@ impl Sender {
                     break;
                 };
                 if batch.data.is_some() && batch.base_sequence != NO_SEQUENCE {
-                    // Never appended (it was answered with an error or never reached the broker
-                    // for good): later batches take over its sequence numbers.
-                    p.resequence.get_or_insert(batch.base_sequence);
+                    if batch.maybe_appended {
+                        // It may be stored: its sequence numbers are not given to others (the
+                        // broker would take a later batch for it and answer with its offset);
+                        // the producer takes its next epoch.
+                        if self.bump == Bump::None {
+                            self.bump = Bump::Wanted(now);
+                        }
+                    } else {
+                        // Never appended (every attempt was refused): later batches take over
+                        // its sequence numbers.
+                        p.resequence.get_or_insert(batch.base_sequence);
+                    }
                 }
                 let error = Error::DeliveryTimeout {
                     context: batch.context(),
@@ -68,8 +77,8 @@ impl Sender {
     /// Numbers (idempotent producer) and builds the batch on its first shipping; re-numbers a
     /// resent batch when earlier ones were dropped.
     pub(super) fn prepare(&mut self, pi: usize, batch: &mut Batch) -> Result<()> {
-        let shared = &*self.shared;
-        let idempotent = shared.producer_id >= 0;
+        let (producer_id, producer_epoch) = (self.producer_id, self.producer_epoch);
+        let idempotent = producer_id >= 0;
         let p = &mut self.partitions[pi];
         if batch.data.is_none() {
             let sequence = if idempotent {
@@ -85,8 +94,8 @@ impl Sender {
             };
             let data = builder
                 .with_producer(ProducerInfo {
-                    producer_id: shared.producer_id,
-                    producer_epoch: shared.producer_epoch,
+                    producer_id,
+                    producer_epoch,
                     base_sequence: sequence,
                 })
                 .build()
@@ -99,7 +108,8 @@ impl Sender {
             if let Some(cursor) = p.resequence {
                 if cursor != batch.base_sequence {
                     if let Some(data) = &batch.data {
-                        batch.data = Some(patch_sequence(data, cursor));
+                        batch.data =
+                            Some(patch_producer(data, producer_id, producer_epoch, cursor));
                     }
                     batch.base_sequence = cursor;
                 }
@@ -127,6 +137,7 @@ impl Sender {
         }
         let p = &mut self.partitions[pi];
         let code = error.code();
+        batch.maybe_appended |= !refused_unappended(code);
         let retriable =
             error.is_retriable() || (code == Some(tonic::Code::Aborted) && p.round.is_some());
         let round = p.round.get_or_insert_with(|| Round {
@@ -159,8 +170,82 @@ impl Sender {
             } else {
                 error
             };
+            if batch.maybe_appended && batch.base_sequence != NO_SEQUENCE && self.bump == Bump::None
+            {
+                // As in `expire`: the batches after it keep their numbers until the next epoch.
+                self.bump = Bump::Wanted(now);
+            }
             self.shared.complete(&mut batch, Err(error));
         }
+    }
+
+    /// Once nothing is in flight: asks a broker for the producer's next epoch.
+    pub(super) fn start_bump(&mut self, now: Instant) {
+        let Bump::Wanted(at) = self.bump else {
+            return;
+        };
+        if at > now || self.partitions.iter().any(|p| !p.in_flight.is_empty()) {
+            return;
+        }
+        self.bump = Bump::Asked;
+        let (cluster, tx) = (self.shared.cluster.clone(), self.events_tx.clone());
+        let current = (self.producer_id, self.producer_epoch);
+        tokio::spawn(async move {
+            let result = async {
+                let resp = cluster
+                    .broker()
+                    .await?
+                    .init_producer_id(runnel_proto::v1::InitProducerIdRequest {
+                        producer_id: Some(current.0),
+                        producer_epoch: Some(i32::from(current.1)),
+                    })
+                    .await
+                    .map_err(|s| Error::rpc("the idempotent producer's next epoch", s))?
+                    .into_inner();
+                let epoch = i16::try_from(resp.producer_epoch).map_err(|_| {
+                    Error::Protocol(format!(
+                        "producer epoch {} out of range",
+                        resp.producer_epoch
+                    ))
+                })?;
+                Ok((resp.producer_id, epoch))
+            }
+            .await;
+            let _ = tx.send(super::sender::Event::Bumped(result));
+        });
+    }
+
+    /// The next epoch: every partition's sequences start again at 0, the batches built already
+    /// are re-numbered in their order and carry the new id and epoch.
+    pub(super) fn on_bumped(&mut self, result: Result<(i64, i16)>, now: Instant) {
+        let (id, epoch) = match result {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "the idempotent producer's next epoch: trying again");
+                self.bump = Bump::Wanted(now + BACKOFF_MAX);
+                return;
+            }
+        };
+        tracing::info!(
+            producer_id = id,
+            producer_epoch = epoch,
+            "idempotent producer: a batch may have been stored without an answer; sequences start again under a new epoch"
+        );
+        self.producer_id = id;
+        self.producer_epoch = epoch;
+        for p in &mut self.partitions {
+            let mut sequence = 0;
+            for b in &mut p.queue {
+                if let Some(data) = &b.data {
+                    b.data = Some(patch_producer(data, id, epoch, sequence));
+                    b.base_sequence = sequence;
+                    sequence = increment_sequence(sequence, b.records);
+                }
+            }
+            p.next_sequence = sequence;
+            p.resequence = None;
+        }
+        self.bump = Bump::None;
     }
 
     /// Once a partition has no batch in flight, its retry round ends: the batches to resend go
@@ -171,7 +256,8 @@ impl Sender {
         let Some(round) = p.round.take() else {
             return;
         };
-        if idempotent && round.start_sequence != NO_SEQUENCE {
+        // Re-numbering over batches that failed for good, unless the next epoch renumbers all.
+        if idempotent && round.start_sequence != NO_SEQUENCE && self.bump == Bump::None {
             p.resequence = Some(round.start_sequence);
         }
         if !round.retry.is_empty() {
@@ -187,9 +273,17 @@ impl Sender {
     }
 }
 
-/// Rewrites the base sequence of a built batch (and its CRC): used when earlier batches of the
-/// partition failed for good and later ones take over their sequence numbers.
-fn patch_sequence(data: &Bytes, base_sequence: i32) -> Bytes {
+/// Rewrites the producer id, epoch and base sequence of a built batch (and its CRC): when
+/// earlier batches of the partition failed for good and later ones take over their sequence
+/// numbers, or under the producer's next epoch.
+fn patch_producer(
+    data: &Bytes,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Bytes {
+    const PRODUCER_ID_AT: usize = 43;
+    const PRODUCER_EPOCH_AT: usize = 51;
     const BASE_SEQUENCE_AT: usize = 53;
     const CRC_AT: usize = 17;
     const ATTRIBUTES_AT: usize = 21;
@@ -197,10 +291,35 @@ fn patch_sequence(data: &Bytes, base_sequence: i32) -> Bytes {
     if v.len() < runnel_codec::BATCH_HEADER_LEN {
         return data.clone();
     }
+    v[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer_id.to_be_bytes());
+    v[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&producer_epoch.to_be_bytes());
     v[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_be_bytes());
     let crc = runnel_codec::crc32c(&v[ATTRIBUTES_AT..]);
     v[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     Bytes::from(v)
+}
+
+/// Whether an error says the broker refused the batch without appending it (a bad batch, not
+/// the leader, a sequence or epoch refusal, too large, a full disk...). Anything else (a
+/// broken stream, a timeout, an internal error, UNAVAILABLE) leaves the outcome open.
+fn refused_unappended(code: Option<tonic::Code>) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Some(
+            InvalidArgument
+                | NotFound
+                | AlreadyExists
+                | PermissionDenied
+                | FailedPrecondition
+                | Aborted
+                | OutOfRange
+                | Unimplemented
+                | DataLoss
+                | Unauthenticated
+                | ResourceExhausted
+        )
+    )
 }
 
 #[cfg(test)]
@@ -227,7 +346,7 @@ mod tests {
         b.append(1, None, Some(b"a"), &[]);
         b.append(2, None, Some(b"b"), &[]);
         let data = b.build().expect("build");
-        let patched = patch_sequence(&data, 4);
+        let patched = patch_producer(&data, 7, 1, 4);
         let h = runnel_codec::validate_batch(&patched).expect("valid CRC");
         assert_eq!(h.base_sequence, 4);
         assert_eq!(h.producer_id, 7);

@@ -29,6 +29,19 @@ pub(super) enum Event {
         error: Error,
     },
     Metadata(Result<ClusterInfo>),
+    /// The answer to the producer's request for its next epoch: (producer id, epoch).
+    Bumped(Result<(i64, i16)>),
+}
+
+/// Where the producer is in taking its next epoch (Kafka's KIP-360).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bump {
+    /// Not needed.
+    None,
+    /// Needed, once nothing is in flight (at or after the instant, after a failed attempt).
+    Wanted(Instant),
+    /// Asked for.
+    Asked,
 }
 
 pub(super) struct PartitionState {
@@ -63,13 +76,16 @@ pub(super) struct Sender {
     last_refresh: Instant,
     /// Reused buffer for batches taken from the accumulator.
     scratch: VecDeque<Batch>,
+    /// The producer id and epoch batches are built with now.
+    pub(super) producer_id: i64,
+    pub(super) producer_epoch: i16,
+    pub(super) bump: Bump,
 }
 
 impl Sender {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         Sender {
-            shared,
             partitions: Vec::new(),
             index: HashMap::new(),
             conns: HashMap::new(),
@@ -83,6 +99,10 @@ impl Sender {
             refresh_wanted: false,
             last_refresh: Instant::now(),
             scratch: VecDeque::new(),
+            producer_id: shared.producer_id,
+            producer_epoch: shared.producer_epoch,
+            bump: Bump::None,
+            shared,
         }
     }
 
@@ -182,6 +202,10 @@ impl Sender {
     }
 
     fn dispatch(&mut self, now: Instant) {
+        if self.bump != Bump::None {
+            self.start_bump(now);
+            return;
+        }
         let max_in_flight = self.shared.config.max_in_flight;
         for pi in 0..self.partitions.len() {
             loop {
@@ -261,6 +285,7 @@ impl Sender {
                     self.fail_conn(conn, error, now);
                 }
             }
+            Event::Bumped(result) => self.on_bumped(result, now),
             Event::Metadata(result) => {
                 self.refreshing = false;
                 self.last_refresh = now;

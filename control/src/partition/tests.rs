@@ -101,7 +101,12 @@ fn a_restarted_leader_leads_again_only_under_a_new_epoch() {
         held_epoch: 5,
         ..copy(100)
     };
-    let reports = BTreeMap::from([(0, declined), (1, copy(120)), (2, copy(110))]);
+    let reports = BTreeMap::from([(0, declined.clone()), (1, copy(120)), (2, copy(110))]);
+    let p = plan(&[0, 1, 2], Some(&prev), &reports, &live(&[0, 1, 2]), false);
+    // Elected again as any candidate: the most caught up leads.
+    assert_eq!((p.leader, p.leader_epoch), (1, 6));
+    // Holding as much as the others, the preferred replica leads again, under a new epoch.
+    let reports = BTreeMap::from([(0, declined), (1, copy(100)), (2, copy(100))]);
     let p = plan(&[0, 1, 2], Some(&prev), &reports, &live(&[0, 1, 2]), false);
     assert_eq!((p.leader, p.leader_epoch), (0, 6));
     // Not yet holding the epoch (the metadata is on its way): no new election.
@@ -162,6 +167,28 @@ fn the_preferred_leader_takes_leadership_back_once_in_sync() {
     let reports = BTreeMap::from([(0, copy(10)), (1, leading(10, 2, &[1, 0]))]);
     let p = plan(&[0, 1], Some(&p), &reports, &live(&[0, 1]), false);
     assert_eq!((p.leader, p.leader_epoch, p.isr), (0, 3, vec![0, 1]));
+}
+
+#[test]
+fn an_in_sync_copy_that_lost_its_data_does_not_lead() {
+    // Broker 0, the preferred replica, came back with a wiped disk before its leader reported
+    // it behind: still recorded in sync, its copy empty.
+    let prev = state(&[0, 1, 2], &[0, 1, 2], 1, 3);
+    let reports = BTreeMap::from([
+        (0, copy(0)),
+        (1, leading(100, 3, &[0, 1, 2])),
+        (2, copy(100)),
+    ]);
+    let p = plan(&[0, 1, 2], Some(&prev), &reports, &live(&[0, 1, 2]), false);
+    assert_eq!((p.leader, p.leader_epoch), (1, 3), "the leader stays");
+    // The leader dies too: the follower that holds the records leads, not the preferred one.
+    let reports = BTreeMap::from([(0, copy(0)), (2, copy(100))]);
+    let p = plan(&[0, 1, 2], Some(&prev), &reports, &live(&[0, 2]), false);
+    assert_eq!((p.leader, p.leader_epoch), (2, 4));
+    // With equal copies the preferred one wins the tie.
+    let reports = BTreeMap::from([(0, copy(100)), (2, copy(100))]);
+    let p = plan(&[0, 1, 2], Some(&prev), &reports, &live(&[0, 2]), false);
+    assert_eq!(p.leader, 0);
 }
 
 #[test]
@@ -352,9 +379,18 @@ proptest! {
                     || reported.is_some_and(|l| l.isr.contains(&p.leader))
             );
         }
-        // A live in-sync preferred replica leads.
-        if live.contains(&target[0]) && p.isr.contains(&target[0]) {
-            prop_assert_eq!(p.leader, target[0]);
+        // A live in-sync preferred replica leads, unless its copy holds less: less on disk
+        // than the live leader has committed, or fewer records than the replica elected.
+        if live.contains(&target[0]) && p.isr.contains(&target[0]) && p.leader != target[0] {
+            let kept = prev.as_ref().is_some_and(|prev| prev.leader == p.leader);
+            match (reports.get(&target[0]), reports.get(&p.leader)) {
+                (None, _) => {}
+                (Some(r), Some(l)) => prop_assert!(
+                    r.durable_end_offset < l.high_watermark || r.log_end_offset < l.log_end_offset,
+                    "preferred {:?} passed over for {} ({:?})", r, p.leader, l
+                ),
+                (Some(_), None) => prop_assert!(kept, "a leader without a report was elected"),
+            }
         }
     }
 

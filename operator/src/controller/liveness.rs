@@ -5,7 +5,8 @@
 //! for their partitions (`Admin.DescribePartitions`, which a broker that is gone or stopped does
 //! not answer in [`PATIENCE`]). When their answers call for other metadata, by the same rules
 //! the metadata controller applies ([`runnel_control::next_metadata`]: a leader gone, an ISR a
-//! leader wants recorded, a restarted leader waiting for a new epoch), the Cluster's metadata
+//! leader wants recorded, a restarted leader waiting for a new epoch), or a broker is short of
+//! producer ids, the Cluster's metadata
 //! reconcile is triggered at once. The reconcile decides and sends; this only wakes it.
 
 use crate::brokers::BrokerConnection;
@@ -64,9 +65,18 @@ async fn needs_reconcile(metadata: &pb::ClusterMetadata) -> bool {
     });
     let mut live = BTreeSet::new();
     let mut reports = BTreeMap::new();
+    let mut short_of_ids = false;
     for (id, answer) in futures::future::join_all(calls).await {
         let Ok(Ok(h)) = answer else { continue };
         live.insert(id);
+        // Less than half of its producer id block left (a broker without a persisted
+        // watermark, new or with a lost disk, reports its first block used up): the metadata
+        // controller hands it the next block.
+        short_of_ids |= h.partitions.metadata_epoch >= metadata.epoch
+            && h.partitions
+                .producer_id_block
+                .as_ref()
+                .is_some_and(|b| h.partitions.producer_ids_left * 2 < b.count);
         reports.insert(
             id,
             h.partitions
@@ -81,5 +91,5 @@ async fn needs_reconcile(metadata: &pb::ClusterMetadata) -> bool {
                 .collect::<BTreeMap<_, _>>(),
         );
     }
-    runnel_control::next_metadata(metadata, &reports, &live).is_some()
+    short_of_ids || runnel_control::next_metadata(metadata, &reports, &live).is_some()
 }
