@@ -866,10 +866,7 @@ fn operator_as_service_account(cp: &ControlPlane) -> anyhow::Result<Operator> {
                 return Ok(Some(format!("Cluster status: {}", cluster["status"])));
             }
             let topic = get(cp, APPS, "topics.runnel.dev", "orders")?.context("Topic")?;
-            let finalized = topic["metadata"]["finalizers"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|f| f == "runnel.dev/topic-data"));
-            if !finalized || topic["status"]["observedGeneration"].is_null() {
+            if topic["status"]["observedGeneration"].is_null() {
                 return Ok(Some(format!("Topic: {}", topic["metadata"])));
             }
             let group = get(cp, APPS, "consumergroups.runnel.dev", "billing")?.context("group")?;
@@ -879,7 +876,8 @@ fn operator_as_service_account(cp: &ControlPlane) -> anyhow::Result<Operator> {
             Ok(None)
         },
     )?;
-    // Deleting the Topic: the finalizer is released and an Event tells about it.
+    // Deleting the Topic: it goes at once (no finalizer), its data is deleted and an Event
+    // tells about it.
     ok(cp.kubectl(&[
         "delete",
         "topics.runnel.dev",

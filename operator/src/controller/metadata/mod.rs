@@ -8,10 +8,11 @@
 //!
 //! It runs per Cluster, not per Topic, because the metadata is one document with one epoch:
 //! two Topics reconciled at once would race for it. Topics are watched and mapped to their
-//! Cluster. The Topic finalizer is released here once the Topic's data is gone from every
-//! broker that answers (a broker that is down deletes it when it is back: data no Topic claims
-//! is deleted on every reconciliation), or by the Topic controller at once when the Cluster no
-//! longer exists.
+//! Cluster. Topics carry no finalizer: a deleted Topic's data is data no Topic claims, deleted
+//! from every broker that answers (a broker that is down deletes it when it is back: this is
+//! done on every reconciliation), so that deleting a namespace never waits for the operator,
+//! also when it was uninstalled first. The finalizer earlier versions put on Topics is
+//! released here, or by the Topic controller when the Cluster no longer exists.
 //!
 //! The decisions are pure functions ([`decide`], [`needs_apply`], [`orphans`],
 //! [`topic_status`]); [`reconcile`] does the I/O. [`partition`] converts between a partition's
@@ -28,7 +29,7 @@ use crate::crd::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use runnel_control::partition::{report_from, PartitionState, Report};
@@ -37,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The finalizer that deletes a Topic's partition data before the Topic goes.
+/// The finalizer earlier versions of the operator put on Topics; released where it is found.
 pub const TOPIC_FINALIZER: &str = "runnel.dev/topic-data";
 /// The field manager of the Cluster's `status.metadataEpoch` (the Cluster controller owns the
 /// rest of the Cluster's status).
@@ -653,8 +654,8 @@ async fn refresh(
     }
 }
 
-/// Places a Cluster's Topics, sends the metadata, deletes unclaimed data, releases the
-/// finalizers of deleted Topics and writes the Topics' status.
+/// Places a Cluster's Topics, sends the metadata, deletes unclaimed data (that of deleted
+/// Topics too) and writes the Topics' status.
 #[tracing::instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = ?cluster.namespace()))]
 pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
@@ -698,28 +699,13 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
         .into_iter()
         .partition(|t| t.metadata.deletion_timestamp.is_some());
 
-    // Every placed Topic carries the finalizer before its data exists.
+    // Topics carry no finalizer: a deleted Topic's data is deleted below as data no Topic
+    // claims, so that deleting a namespace, or a Topic after the operator was uninstalled, never
+    // waits for the operator. A Topic that carries the finalizer of an earlier version of the
+    // operator loses it.
     for topic in &active {
-        if !topic.finalizers().iter().any(|f| f == TOPIC_FINALIZER) {
-            let mut finalizers = topic.finalizers().to_vec();
-            finalizers.push(TOPIC_FINALIZER.to_string());
-            let patch = serde_json::json!({
-                "metadata": {
-                    "finalizers": finalizers,
-                    "resourceVersion": topic.resource_version(),
-                }
-            });
-            topics_api
-                .patch(
-                    &topic.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-                .map_err(kube_error(format!(
-                    "adding the finalizer to Topic `{}`",
-                    topic.name_any()
-                )))?;
+        if topic.finalizers().iter().any(|f| f == TOPIC_FINALIZER) {
+            super::topic::release(&topics_api, topic).await?;
         }
     }
 
@@ -806,7 +792,8 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
         reports = Reports::new(&holdings);
     }
 
-    ctx.decided
+    let before = ctx
+        .decided
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(
@@ -816,6 +803,24 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
                 ..decision.metadata.clone()
             },
         );
+    // Topics gone from the metadata since this operator last decided it (a Topic deleted).
+    for gone in before.iter().flat_map(|md| &md.topics).filter(|t| {
+        !decision
+            .metadata
+            .topics
+            .iter()
+            .any(|now| now.name == t.name)
+    }) {
+        ctx.inform(
+            &cluster.object_ref(&()),
+            "TopicDeleted",
+            format!(
+                "topic `{}` removed from the metadata; its data is deleted from every broker that answers",
+                gone.name
+            ),
+        )
+        .await;
+    }
 
     for (id, topic, partitions) in orphans(&decision, &holdings) {
         let Some(conn) = connections.get(&id) else {
@@ -837,16 +842,11 @@ async fn sync(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
     }
 
     // Deleted Topics: gone from the metadata, their data deleted above on every broker that
-    // answers (the others delete it when they are back); release them.
+    // answers (the others delete it when they are back). One still held by the finalizer of an
+    // earlier version of the operator is released.
     for topic in &deleting {
         if topic.finalizers().iter().any(|f| f == TOPIC_FINALIZER) {
             super::topic::release(&topics_api, topic).await?;
-            ctx.inform(
-                &cluster.object_ref(&()),
-                "TopicDeleted",
-                format!("topic `{}` deleted from the brokers", topic_name(topic)),
-            )
-            .await;
         }
     }
 
