@@ -16,6 +16,7 @@ mod pki;
 mod process;
 
 pub mod operator;
+pub mod runnel;
 
 pub use control_plane::{run_command, ControlPlane, Options, Output};
 
