@@ -58,6 +58,9 @@ pub struct Metrics {
     pub storage_recoveries: Counter,
     /// Partitions offline (all of them while the storage is failed).
     pub offline_partitions: Gauge,
+    /// Partitions this broker leads with fewer in-sync replicas than replicas (Kafka's
+    /// `UnderReplicatedPartitions`), as the controller's metadata records them.
+    pub under_replicated_partitions: Gauge,
     ready: AtomicBool,
     /// Why the storage is failed, for `/readyz`.
     storage_failure: parking_lot::Mutex<Option<String>>,
@@ -99,6 +102,7 @@ impl Default for Metrics {
         let storage_failures = Counter::default();
         let storage_recoveries = Counter::default();
         let offline_partitions = Gauge::default();
+        let under_replicated_partitions = Gauge::default();
         registry.register(
             "produced_records",
             "Records appended",
@@ -151,6 +155,11 @@ impl Default for Metrics {
             "Partitions offline",
             offline_partitions.clone(),
         );
+        registry.register(
+            "under_replicated_partitions",
+            "Partitions this broker leads with fewer in-sync replicas than replicas",
+            under_replicated_partitions.clone(),
+        );
         Self {
             registry: root,
             group_lag,
@@ -168,6 +177,7 @@ impl Default for Metrics {
             storage_failures,
             storage_recoveries,
             offline_partitions,
+            under_replicated_partitions,
             ready: AtomicBool::new(false),
             storage_failure: parking_lot::Mutex::new(None),
         }

@@ -311,6 +311,15 @@ impl<S: Storage> Broker<S> {
         self.producer_ids
             .lock()
             .set_block(block, cluster.producer_id_end);
+        let under_replicated = cluster
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.leader == me && p.isr.len() < p.replicas.len())
+            .count();
+        self.metrics
+            .under_replicated_partitions
+            .set(i64::try_from(under_replicated).unwrap_or(i64::MAX));
         *self.metadata.write() = Arc::new(MetadataView {
             cluster,
             log_configs,

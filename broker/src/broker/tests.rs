@@ -216,10 +216,27 @@ async fn acks_all_waits_for_the_isr_and_min_insync_replicas_is_enforced() {
     let o = first.await.expect("task").expect("acknowledged");
     assert_eq!(o.base_offset, 0);
 
-    // The controller records an ISR of two: that still meets min.insync.replicas 2.
+    let under = |broker: &Broker<MemoryStorage>| {
+        broker
+            .metrics()
+            .render()
+            .lines()
+            .find(|l| l.starts_with("runnel_broker_under_replicated_partitions "))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        under(&broker).as_deref(),
+        Some("runnel_broker_under_replicated_partitions 0")
+    );
+    // The controller records an ISR of two: that still meets min.insync.replicas 2, and the
+    // partition counts as under-replicated.
     broker
         .apply_metadata(replicated(3, &[0, 1], 2))
         .expect("apply");
+    assert_eq!(
+        under(&broker).as_deref(),
+        Some("runnel_broker_under_replicated_partitions 1")
+    );
     let second = send("b");
     tokio::time::sleep(Duration::from_millis(100)).await;
     broker.follower_progress(&tracker, &log, 1, 2, 2);

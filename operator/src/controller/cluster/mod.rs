@@ -205,6 +205,20 @@ pub fn scale_down_blockers(brokers: i32, topics: &[Topic]) -> Vec<String> {
     out
 }
 
+/// A probe of the broker's gRPC health service every `period` seconds, failing after
+/// `failures` misses in a row.
+fn grpc_probe(period: i32, failures: i32) -> Probe {
+    Probe {
+        grpc: Some(GRPCAction {
+            port: GRPC_PORT,
+            ..GRPCAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
 fn grpc_port() -> ServicePort {
     ServicePort {
         name: Some("grpc".into()),
@@ -310,13 +324,14 @@ pub fn statefulset(
                 ..ContainerPort::default()
             },
         ]),
-        readiness_probe: Some(Probe {
-            grpc: Some(GRPCAction {
-                port: GRPC_PORT,
-                ..GRPCAction::default()
-            }),
-            period_seconds: Some(5),
-            ..Probe::default()
+        // The gRPC health service for all three: the broker listens once it has recovered its
+        // partitions, which the startup probe waits for (up to 10 minutes); after that a broker
+        // that stops answering for 30 s is restarted.
+        readiness_probe: Some(grpc_probe(5, 3)),
+        startup_probe: Some(grpc_probe(5, 120)),
+        liveness_probe: Some(Probe {
+            timeout_seconds: Some(5),
+            ..grpc_probe(10, 3)
         }),
         resources: spec.resources.clone(),
         volume_mounts: Some(vec![
