@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release run test fmt fuzz bench tools e2e-tools python-tools crds clean cluster cluster-down images
+.PHONY: all build release run test fmt fuzz bench tools e2e-tools python-tools crds clean cluster cluster-down images up down
 
 all: build
 
@@ -38,6 +38,16 @@ cluster:
 ## Stops the local cluster and leaves the host as `make cluster` found it.
 cluster-down:
 	e2e/cluster/runnel-cluster down
+
+## Runnel on Kubernetes on this host: the local cluster up, the images built and imported, the
+## chart installed (namespace runnel-system), examples/ applied (namespace events), waits for
+## the brokers and Topics to be Ready and prints what to try next. Again: reuses what is there.
+up: tools
+	CARGO="$(CARGO)" scripts/up.sh
+
+## Takes down what `make up` started: the examples, the release, their namespaces, the cluster.
+down:
+	scripts/down.sh
 
 build: tools
 	$(CARGO) build --workspace --bins
