@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release run test fmt fuzz bench tools e2e-tools python-tools crds clean cluster cluster-down images up down
+.PHONY: all build release run test fmt fuzz bench tools e2e-tools python-tools crds clean cluster cluster-down images up down e2e-kind
 
 all: build
 
@@ -48,6 +48,11 @@ up: tools
 ## Takes down what `make up` started: the examples, the release, their namespaces, the cluster.
 down:
 	scripts/down.sh
+
+## The Helm journey (e2e/tests/helm_journey.rs) on a kind cluster, with images built by Docker
+## from the Dockerfile: needs docker and kind (the CI workflow .github/workflows/e2e-kind.yml).
+e2e-kind:
+	CARGO="$(CARGO)" e2e/kind/run.sh
 
 build: tools
 	$(CARGO) build --workspace --bins

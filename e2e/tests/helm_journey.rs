@@ -10,6 +10,17 @@
 //! `helm uninstall` first and then the namespace. Neither may leave a namespace Terminating,
 //! and nothing but the CRDs may remain. The operator pods never log an ERROR.
 //!
+//! The second install is `scripts/up.sh` (what `make up` runs) with the journey's namespaces,
+//! and the `kubectl get runnel` it prints is run; the first teardown is `scripts/down.sh
+//! --keep-cluster` (what `make down` runs, without stopping the cluster).
+//!
+//! Another cluster instead of the local one (what `e2e/kind/run.sh` does; configuration, the
+//! test is the same): `RUNNEL_E2E_KUBECONFIG=PATH` uses that cluster with `kubectl` and `helm`
+//! from PATH (no `runnel-cluster up`), and `RUNNEL_E2E_IMAGES=preloaded` says the images
+//! `runnel.dev/runnel-{broker,operator}:VERSION` are on its nodes already (no
+//! `build-images.sh`). That cluster must give pods 198.18.0.0/16 and Services 198.19.0.0/16,
+//! routed from the host, and label its node `topology.kubernetes.io/zone=zone-a`.
+//!
 //! The release lives in `runnel-journey`, the Cluster and its Topics in `runnel-journey-events`
 //! (as a user keeps the operator apart from the workloads). Traffic goes only to the API server
 //! on 198.18.0.1, pod addresses in 198.18.0.0/16 and Services in 198.19.0.0/16.
@@ -52,9 +63,44 @@ impl Clock {
     }
 }
 
-/// kubectl and helm against the local cluster.
+/// The cluster the journey runs on: the local one, or the one `RUNNEL_E2E_KUBECONFIG` names.
+struct Kube {
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+    /// Directories with kubectl and helm, for the scripts.
+    path: String,
+    /// Held for the whole journey: the lock, and the cluster stopped again if started here.
+    local: Option<LocalCluster>,
+}
+
+impl Kube {
+    fn kubectl(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(&self.kubectl);
+        command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        run_command(command, format!("kubectl {}", args.join(" ")), None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+}
+
+/// `tool` on PATH, or an error with how to install it.
+fn on_path(tool: &str, install: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!("RUNNEL_E2E_KUBECONFIG is set but {tool} is not on PATH: {install}")
+        })
+}
+
+/// kubectl and helm against the journey's cluster.
 struct Tools<'a> {
-    cluster: &'a LocalCluster,
+    cluster: &'a Kube,
     helm: PathBuf,
     helm_home: tempfile::TempDir,
 }
@@ -571,7 +617,8 @@ fn helm_install_examples_records_failover_and_teardown_on_the_local_cluster() ->
     let root = repo_root();
     let uid = Command::new("id").arg("-u").output().context("id -u")?;
     ensure!(
-        String::from_utf8_lossy(&uid.stdout).trim() == "0",
+        std::env::var_os("RUNNEL_E2E_KUBECONFIG").is_some()
+            || String::from_utf8_lossy(&uid.stdout).trim() == "0",
         "this test needs root (the local cluster and build-images.sh do): run it as root"
     );
     let helm = runnel_e2e::helm_binary().unwrap_or_else(|e| panic!("{e}"));
@@ -580,27 +627,63 @@ fn helm_install_examples_records_failover_and_teardown_on_the_local_cluster() ->
         .enable_all()
         .build()?;
 
-    let cluster = LocalCluster::up().context("the local cluster")?;
-    clock.step(&format!(
-        "cluster up (started here: {})",
-        cluster.started_here()
-    ));
-    let images = Command::new("nice")
-        .args(["-n", "10"])
-        .arg(root.join("e2e/images/build-images.sh"))
-        .arg("--import")
-        .current_dir(&root)
-        .stdin(Stdio::null())
-        .output()
-        .context("running e2e/images/build-images.sh --import")?;
-    ensure!(
-        images.status.success(),
-        "build-images.sh --import failed ({}):\n{}\n{}",
-        images.status,
-        String::from_utf8_lossy(&images.stdout),
-        String::from_utf8_lossy(&images.stderr)
-    );
-    clock.step("images built and imported");
+    let cluster = if let Some(kubeconfig) = std::env::var_os("RUNNEL_E2E_KUBECONFIG") {
+        let kubectl = on_path("kubectl", "https://kubernetes.io/docs/tasks/tools/")?;
+        let helm = on_path("helm", "https://helm.sh/docs/intro/install/")?;
+        let path = format!("{}:{}", parent(&kubectl), parent(&helm));
+        clock.step(&format!(
+            "external cluster: {}",
+            Path::new(&kubeconfig).display()
+        ));
+        Kube {
+            kubeconfig: kubeconfig.into(),
+            kubectl,
+            path,
+            local: None,
+        }
+    } else {
+        let local = LocalCluster::up().context("the local cluster")?;
+        clock.step(&format!(
+            "cluster up (started here: {})",
+            local.started_here()
+        ));
+        let kubectl = runnel_e2e::kubectl_binary();
+        Kube {
+            kubeconfig: local.kubeconfig().to_path_buf(),
+            path: format!("{}:{}", parent(&kubectl), parent(&helm)),
+            kubectl,
+            local: Some(local),
+        }
+    };
+    match std::env::var("RUNNEL_E2E_IMAGES").as_deref() {
+        Ok("preloaded") => clock.step("images preloaded (RUNNEL_E2E_IMAGES=preloaded)"),
+        Ok(other) if !other.is_empty() => {
+            bail!("RUNNEL_E2E_IMAGES={other}: the only value is `preloaded`")
+        }
+        _ => {
+            ensure!(
+                cluster.local.is_some(),
+                "RUNNEL_E2E_KUBECONFIG without RUNNEL_E2E_IMAGES=preloaded: build-images.sh \
+                 imports only into the local cluster"
+            );
+            let images = Command::new("nice")
+                .args(["-n", "10"])
+                .arg(root.join("e2e/images/build-images.sh"))
+                .arg("--import")
+                .current_dir(&root)
+                .stdin(Stdio::null())
+                .output()
+                .context("running e2e/images/build-images.sh --import")?;
+            ensure!(
+                images.status.success(),
+                "build-images.sh --import failed ({}):\n{}\n{}",
+                images.status,
+                String::from_utf8_lossy(&images.stdout),
+                String::from_utf8_lossy(&images.stderr)
+            );
+            clock.step("images built and imported");
+        }
+    }
 
     let tools = Tools {
         cluster: &cluster,
@@ -871,19 +954,48 @@ fn helm_install_examples_records_failover_and_teardown_on_the_local_cluster() ->
     clock.step("kubectl delete rt clickstream: its partitions deleted on every broker");
     no_operator_errors(t)?;
 
-    // 7. Down, first way: the workloads' namespace, then the release.
-    delete_namespace(t, NS)?;
-    clock.step("namespace of the Cluster deleted (operator running)");
-    no_operator_errors(t)?;
-    t.helm(&["uninstall", RELEASE, "-n", OPERATOR_NS, "--wait"])?;
-    delete_namespace(t, OPERATOR_NS)?;
+    // 7. Down, first way, as `make down` does it: `scripts/down.sh` deletes the workloads'
+    //    namespace, then the release, then its namespace (the cluster stays).
+    let down = script(&cluster, "scripts/down.sh", &["--keep-cluster"])?;
+    ensure!(
+        down.success(),
+        "scripts/down.sh --keep-cluster failed: {down}"
+    );
     nothing_left_but_crds(t)?;
-    clock.step("helm uninstall, operator namespace deleted: only the CRDs are left");
+    clock.step("scripts/down.sh --keep-cluster: only the CRDs are left");
 
     // 8. Down, second way: the release first, then the namespace with the Cluster in it.
-    install(t, &clock)?;
-    t.kubectl(&["create", "namespace", NS])?;
-    apply_examples(t, &["cluster.yaml", "topics.yaml", "consumergroup.yaml"])?;
+    //    The install as `make up` does it: `scripts/up.sh`, whose printed commands are true.
+    let up = script(&cluster, "scripts/up.sh", &[])?;
+    ensure!(up.success(), "scripts/up.sh failed: {up}");
+    let get = up
+        .stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("kubectl get runnel"))
+        .with_context(|| format!("scripts/up.sh printed no `kubectl get runnel`: {up}"))?;
+    let args: Vec<&str> = get.split_whitespace().skip(1).collect();
+    let listed = t.kubectl(&args)?;
+    ensure!(
+        listed.contains("cluster.runnel.dev/events")
+            && listed.contains("topic.runnel.dev/payments"),
+        "`{get}` (printed by scripts/up.sh) lists:\n{listed}"
+    );
+    let bootstrap = up
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export RUNNEL_BOOTSTRAP="))
+        .context("scripts/up.sh printed no RUNNEL_BOOTSTRAP")?;
+    ensure!(
+        bootstrap.starts_with("198.19."),
+        "bootstrap {bootstrap} is not a Service address in 198.19/16"
+    );
+    cli.with_bootstrap(bootstrap.to_string())
+        .run(&["topic", "describe", "payments"], None)?;
+    clock.step(&format!(
+        "scripts/up.sh: `{get}` and bootstrap {bootstrap} answer"
+    ));
+    ensure!(operator_pods(t)?.len() == 2, "two operator replicas");
     brokers_ready(t)?;
     topics_ready(t, &["user-profiles", "clickstream", "payments"])?;
     no_operator_errors(t)?;
@@ -895,7 +1007,35 @@ fn helm_install_examples_records_failover_and_teardown_on_the_local_cluster() ->
     clock.step("namespaces deleted after the release: only the CRDs are left");
 
     drop(cleanup);
-    drop(cluster);
+    drop(cluster.local);
     clock.step("done");
     Ok(())
+}
+
+fn parent(binary: &Path) -> String {
+    binary
+        .parent()
+        .map_or_else(String::new, |p| p.display().to_string())
+}
+
+/// Runs `scripts/NAME ARGS` on the journey's cluster and namespaces, images preloaded.
+fn script(cluster: &Kube, name: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let mut command = Command::new(repo_root().join(name));
+    let path = format!(
+        "{}:{}",
+        cluster.path,
+        std::env::var("PATH").unwrap_or_default()
+    );
+    command
+        .args(args)
+        .env("PATH", path)
+        .env("RUNNEL_KUBECONFIG", cluster.kubeconfig())
+        .env("RUNNEL_OPERATOR_NAMESPACE", OPERATOR_NS)
+        .env("RUNNEL_NAMESPACE", NS)
+        .env("RUNNEL_IMAGES", "preloaded");
+    Ok(run_command(
+        command,
+        format!("{name} {}", args.join(" ")),
+        None,
+    )?)
 }
