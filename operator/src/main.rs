@@ -77,6 +77,7 @@ fn cluster_of_topic(topic: Topic) -> Option<ObjectRef<Cluster>> {
 /// Logs what a controller run produced. A reconciliation asked for an object that is already
 /// gone (a Cluster deleted while its pods and Topics still change) is routine, not a warning.
 async fn log_result<K, E, Q>(
+    backoff: &runnel_operator::controller::backoff::Backoff,
     kind: &'static str,
     result: Result<(ObjectRef<K>, Action), ControllerError<E, Q>>,
 ) where
@@ -86,8 +87,12 @@ async fn log_result<K, E, Q>(
     Q: std::error::Error + 'static,
 {
     match result {
-        Ok((object, _)) => tracing::debug!(kind, name = %object.name, "reconciled"),
+        Ok((object, _)) => {
+            backoff.succeeded(kind, object.namespace.clone(), object.name.clone());
+            tracing::debug!(kind, name = %object.name, "reconciled")
+        }
         Err(ControllerError::ObjectNotFound(object)) => {
+            backoff.succeeded(kind, object.namespace.clone(), object.name.clone());
             tracing::debug!(kind, name = %object.name, "already deleted")
         }
         Err(e) => tracing::warn!(kind, error = %e, "reconcile failed"),
@@ -154,6 +159,8 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Arc::new(
         Context::new(client.clone(), &mut registry).with_status_interval(args.status_interval),
     );
+    // A successful reconcile (or a deleted object) resets that object's backoff.
+    let backoff = ctx.backoff.clone();
     let http = Http {
         registry: Arc::new(registry),
         ready: Arc::new(AtomicBool::new(false)),
@@ -279,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
         // held-back scale-down looks at them again every status interval instead.
         .graceful_shutdown_on(stopped())
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
-        .for_each(|r| log_result("Cluster", r));
+        .for_each(|r| log_result(&backoff, "Cluster", r));
     // The liveness check wakes the metadata controller when a broker's answers call for new
     // metadata (a leader gone), between its status refreshes.
     let (wake, woken) = tokio::sync::mpsc::channel(64);
@@ -297,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .graceful_shutdown_on(stopped())
         .run(metadata::reconcile, metadata::error_policy, ctx.clone())
-        .for_each(|r| log_result("Metadata", r));
+        .for_each(|r| log_result(&backoff, "Metadata", r));
     let topic_controller = Controller::new(
         Api::<Topic>::all(client.clone()),
         watcher::Config::default(),
@@ -321,7 +328,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .graceful_shutdown_on(stopped())
         .run(topic::reconcile, topic::error_policy, ctx.clone())
-        .for_each(|r| log_result("Topic", r));
+        .for_each(|r| log_result(&backoff, "Topic", r));
     // ConsumerGroups are refreshed on a timer (their lag moves without any object changing).
     let group_controller = Controller::new(
         Api::<ConsumerGroup>::all(client.clone()),
@@ -329,7 +336,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .graceful_shutdown_on(stopped())
     .run(group::reconcile, group::error_policy, ctx)
-    .for_each(|r| log_result("ConsumerGroup", r));
+    .for_each(|r| log_result(&backoff, "ConsumerGroup", r));
     tokio::join!(
         cluster_controller,
         metadata_controller,

@@ -471,9 +471,9 @@ async fn perform_reset(
 }
 
 /// What to do after a failed reconciliation: try again soon.
-pub fn error_policy(group: Arc<ConsumerGroup>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(group: Arc<ConsumerGroup>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(group = %group.name_any(), %error, "consumer group reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    ctx.retry_after_failure("ConsumerGroup", &*group)
 }
 
 #[cfg(test)]

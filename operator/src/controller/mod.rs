@@ -2,6 +2,7 @@
 //! controller (client, Event recorder, metrics, diagnostics), one [`Error`] enum with a
 //! [`Error::metric_label`], and a module per kind with a `reconcile` and an `error_policy`.
 
+pub mod backoff;
 pub mod cluster;
 pub mod group;
 pub mod liveness;
@@ -315,6 +316,8 @@ pub struct Context {
     pub status_interval: std::time::Duration,
     /// The metadata last decided per Cluster, for the liveness check ([`liveness`]).
     pub decided: liveness::Decided,
+    /// Failed reconciles in a row per controller and object: how long `error_policy` waits.
+    pub backoff: backoff::Backoff,
 }
 
 impl std::fmt::Debug for Context {
@@ -337,6 +340,7 @@ impl Context {
             diagnostics: Arc::new(RwLock::new(diagnostics)),
             status_interval: std::time::Duration::from_secs(10),
             decided: liveness::Decided::default(),
+            backoff: backoff::Backoff::default(),
         }
     }
 
@@ -344,6 +348,19 @@ impl Context {
     pub fn with_status_interval(mut self, interval: std::time::Duration) -> Self {
         self.status_interval = interval;
         self
+    }
+
+    /// `error_policy`'s answer for `object` in `controller`: retry after its backoff.
+    pub fn retry_after_failure<K: kube::Resource>(
+        &self,
+        controller: &'static str,
+        object: &K,
+    ) -> kube::runtime::controller::Action {
+        use kube::ResourceExt;
+        let delay = self
+            .backoff
+            .failed(controller, object.namespace(), object.name_any());
+        kube::runtime::controller::Action::requeue(delay)
     }
 
     async fn publish(

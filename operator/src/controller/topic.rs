@@ -15,7 +15,6 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The controller's name in metrics and logs.
 const CONTROLLER: &str = "Topic";
@@ -125,7 +124,7 @@ async fn check_cluster(topic: &Topic, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// What to do after a failed reconciliation: try again soon.
-pub fn error_policy(topic: Arc<Topic>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(topic: Arc<Topic>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(topic = %topic.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    ctx.retry_after_failure("Topic", &*topic)
 }

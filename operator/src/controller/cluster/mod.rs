@@ -823,9 +823,9 @@ async fn racks(
 }
 
 /// What to do after a failed reconciliation: log it and try again soon.
-pub fn error_policy(cluster: Arc<Cluster>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(cluster: Arc<Cluster>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(cluster = %cluster.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    ctx.retry_after_failure("Cluster", &*cluster)
 }
 
 #[cfg(test)]

@@ -36,7 +36,6 @@ use runnel_control::partition::{report_from, PartitionState, Report};
 use runnel_proto::v1 as pb;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The finalizer earlier versions of the operator put on Topics; released where it is found.
 pub const TOPIC_FINALIZER: &str = "runnel.dev/topic-data";
@@ -926,9 +925,9 @@ async fn leader_events(ctx: &Context, topic: &Topic, d: &TopicDecision) {
 }
 
 /// What to do after a failed reconciliation: try again soon.
-pub fn error_policy(cluster: Arc<Cluster>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(cluster: Arc<Cluster>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(cluster = %cluster.name_any(), %error, "metadata reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    ctx.retry_after_failure("Metadata", &*cluster)
 }
 
 #[cfg(test)]
