@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make e2e-kind`: the Helm journey (e2e/tests/helm_journey.rs, the same test as on the local
+# `make e2e-kind`: the Helm journey (e2e/tests/helm_journey/, the same test as on the local
 # cluster) on a kind cluster, with the images built by Docker from the repo's Dockerfile.
 #
 #   e2e/kind/run.sh            create the cluster (e2e/kind/cluster.yaml), build and load the

@@ -166,3 +166,26 @@ pub fn free_port() -> Result<u16, Error> {
             source,
         })
 }
+
+/// Stops `child`: SIGTERM, then SIGKILL once `grace` has passed without it exiting. Returns how
+/// it exited and whether it had to be killed.
+pub fn terminate(
+    child: &mut std::process::Child,
+    grace: std::time::Duration,
+) -> (Option<std::process::ExitStatus>, bool) {
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let began = std::time::Instant::now();
+    while began.elapsed() < grace {
+        if let Ok(Some(status)) = child.try_wait() {
+            return (Some(status), false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    (child.wait().ok(), true)
+}

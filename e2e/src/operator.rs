@@ -120,22 +120,7 @@ impl Operator {
         if let Some(status) = self.exited() {
             return Some(status);
         }
-        let child = self.child.get_mut();
-        let pid = i32::try_from(child.id())
-            .ok()
-            .and_then(rustix::process::Pid::from_raw);
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let began = Instant::now();
-        while began.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        child.wait().ok()
+        crate::terminate(self.child.get_mut(), Duration::from_secs(10)).0
     }
 }
 

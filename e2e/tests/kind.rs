@@ -1,6 +1,6 @@
 //! What `make e2e-kind` runs, checked without Docker or kind (neither is on every machine):
 //! `e2e/kind/run.sh` is valid bash, runs the same test as the local journey
-//! (`e2e/tests/helm_journey.rs`) with an external kubeconfig and preloaded images, builds
+//! (`e2e/tests/helm_journey/`) with an external kubeconfig and preloaded images, builds
 //! exactly the Dockerfile's image targets under the names the chart and the journey use, and
 //! the CI workflow runs `make e2e-kind`, which the Makefile defines.
 
@@ -35,7 +35,7 @@ fn the_kind_script_is_valid_bash() {
 fn the_kind_script_runs_the_local_journey_on_an_external_cluster() {
     let script = read("e2e/kind/run.sh");
     assert!(
-        Path::new(&root().join("e2e/tests/helm_journey.rs")).is_file(),
+        Path::new(&root().join("e2e/tests/helm_journey/main.rs")).is_file(),
         "the journey moved"
     );
     assert!(script.contains("TEST=helm_journey\n"), "{script}");
@@ -45,7 +45,9 @@ fn the_kind_script_runs_the_local_journey_on_an_external_cluster() {
     );
     assert!(script.contains("RUNNEL_E2E_KUBECONFIG="));
     assert!(script.contains("RUNNEL_E2E_IMAGES=preloaded"));
-    let journey = read("e2e/tests/helm_journey.rs");
+    let journey = ["main.rs", "support.rs", "checks.rs"]
+        .map(|f| read(&format!("e2e/tests/helm_journey/{f}")))
+        .concat();
     for var in ["\"RUNNEL_E2E_KUBECONFIG\"", "\"RUNNEL_E2E_IMAGES\""] {
         assert!(journey.contains(var), "helm_journey.rs does not read {var}");
     }

@@ -37,21 +37,10 @@ impl PlayedPod {
 
 impl Drop for PlayedPod {
     fn drop(&mut self) {
-        let pid = i32::try_from(self.child.id())
-            .ok()
-            .and_then(rustix::process::Pid::from_raw);
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let (_, killed) = runnel_e2e::terminate(&mut self.child, Duration::from_secs(10));
+        if !killed {
+            return;
         }
-        let began = Instant::now();
-        while began.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         eprintln!(
             "{} had to be killed; its log:\n{}",
             self.name,
