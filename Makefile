@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release run test fmt fuzz bench tools e2e-tools python-tools crds clean cluster cluster-down images up down e2e-kind
+.PHONY: all build release run test fmt fuzz bench bench-tools bench-peers tools e2e-tools python-tools crds clean cluster cluster-down images up down e2e-kind
 
 all: build
 
@@ -66,7 +66,7 @@ run: release
 	@scripts/run.sh
 
 ## Every test: formatting, lints, unit/property tests, integration tests with real processes.
-test: tools e2e-tools python-tools
+test: tools e2e-tools python-tools bench-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
@@ -90,9 +90,20 @@ crds:
 	$(CARGO) run -p runnel-operator --bin crdgen
 	cp crds/*.yaml charts/runnel/crds/
 
-## Broker vs raw-sled benchmark; writes docs/benchmarks.md.
+## Broker vs raw-sled benchmark; writes docs/benchmarks.md (keeping the bench-peers section).
 bench: release
 	@python3 scripts/bench.py
+
+## The peers of bench-peers, cached in ~/.cache/runnel/peers: Apache Kafka 4.4.0's jars from
+## Maven Central (bench/kafka/pom.xml), nats-server and the nats CLI built from their Go modules,
+## and a venv with matplotlib for the charts. A few minutes cold, silent when up to date.
+bench-tools:
+	@bench/tools.sh
+
+## Runnel next to Apache Kafka and NATS JetStream on this machine (bench/peers.py, about 30 min):
+## writes its section of docs/benchmarks.md and the charts in docs/img/. Run it on a quiet machine.
+bench-peers: release bench-tools
+	@$${RUNNEL_HOME:-$$HOME/.cache/runnel}/peers/python/bin/python bench/peers.py
 
 clean:
 	$(CARGO) clean

@@ -943,8 +943,15 @@ def main():
         out.append("\n(RUNNEL_BENCH_QUICK=1: shortened runs.)")
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    # `make bench-peers` writes its own section of this file: it is kept, at the end.
+    peers = ""
+    if os.path.exists(path):
+        old = open(path).read()
+        begin, end = "<!-- make bench-peers: begin -->", "<!-- make bench-peers: end -->"
+        if begin in old and end in old:
+            peers = "\n" + old[old.index(begin):old.index(end) + len(end)] + "\n"
     with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
+        f.write("\n".join(out) + "\n" + peers)
     print(f"wrote {path}", file=sys.stderr)
 
 
