@@ -237,6 +237,10 @@ impl Producer {
     /// topic's metadata must be fetched first. The returned future resolves when the record is
     /// acknowledged; it need not be awaited (use [`flush`](Self::flush)).
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        // A caller sending in a tight loop rarely waits here, and would hold its thread until
+        // the buffer is full; the sender and the connection, which ship and acknowledge what it
+        // appends, often share that thread. Every so many sends it yields to them.
+        tokio::task::coop::consume_budget().await;
         let shared = &self.inner.shared;
         if shared.closing.load(Ordering::Acquire) {
             return Err(Error::Closed);
