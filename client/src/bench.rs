@@ -24,9 +24,11 @@ use crate::consumer::{Consumer, ConsumerConfig, Partitions, StartOffset};
 use crate::error::{Error, Result};
 use crate::partitioner::XorShift;
 use crate::producer::{Acks, Producer, ProducerConfig, ProducerRecord};
+use progress::Progress;
 use runnel_codec::Compression;
 
 mod group;
+mod progress;
 
 pub use group::{run_group, GroupBench, GroupReport};
 
@@ -62,6 +64,9 @@ pub struct ProduceBench {
     /// Keys to cycle through (`key-0` … `key-{keys-1}`), as a compacted topic needs; 0 sends
     /// records without a key.
     pub keys: u64,
+    /// Draw a progress line (records acknowledged) on standard error while producing: for a
+    /// terminal, as the `runnel` CLI does when standard error is one.
+    pub progress: bool,
 }
 
 impl Default for ProduceBench {
@@ -82,6 +87,7 @@ impl Default for ProduceBench {
             rate: None,
             e2e: false,
             keys: 0,
+            progress: false,
         }
     }
 }
@@ -322,6 +328,16 @@ pub async fn run_produce(cfg: &ProduceBench) -> Result<ProduceReport> {
     let value = payload(cfg.record_size);
     let topic: Arc<str> = Arc::from(cfg.topic.as_str());
     let start = Instant::now();
+    // The histogram holds one value per record acknowledged: its count is the progress, and
+    // costs the send path nothing more.
+    let progress = {
+        let acked = ack_hist.clone();
+        let size = cfg.record_size as u64;
+        Progress::start(cfg.progress, "acked", cfg.records, move || {
+            let n = acked.lock().unwrap_or_else(|e| e.into_inner()).len();
+            (n, n.saturating_mul(size))
+        })
+    };
     let mut tasks = Vec::with_capacity(cfg.producers);
     for (i, producer) in producers.into_iter().enumerate() {
         let n = cfg.records / cfg.producers as u64
@@ -382,6 +398,7 @@ pub async fn run_produce(cfg: &ProduceBench) -> Result<ProduceReport> {
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    drop(progress);
 
     let (e2e_latency_ms, e2e_records) = match e2e {
         Some((task, seen)) => {
@@ -434,6 +451,8 @@ pub struct ConsumeBench {
     pub records: u64,
     /// Stop when no record arrived for this long.
     pub idle_timeout: Duration,
+    /// Draw a progress line (records read) on standard error while reading: for a terminal.
+    pub progress: bool,
 }
 
 /// Result of `bench consume`.
@@ -484,6 +503,17 @@ impl fmt::Display for ConsumeReport {
 pub async fn run_consume(cfg: &ConsumeBench) -> Result<ConsumeReport> {
     let mut consumer = Consumer::connect(&cfg.bootstrap).await?;
     let start = Instant::now();
+    // Published once per poll, for the progress line.
+    let read = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let progress = {
+        let read = read.clone();
+        Progress::start(cfg.progress, "consume", cfg.records, move || {
+            (
+                read.0.load(Ordering::Relaxed),
+                read.1.load(Ordering::Relaxed),
+            )
+        })
+    };
     consumer
         .assign(&cfg.topic, Partitions::All, StartOffset::Earliest)
         .await?;
@@ -500,7 +530,10 @@ pub async fn run_consume(cfg: &ConsumeBench) -> Result<ConsumeReport> {
             bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
             records += 1;
         }
+        read.0.store(records, Ordering::Relaxed);
+        read.1.store(bytes, Ordering::Relaxed);
     }
+    drop(progress);
     let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
     Ok(ConsumeReport {
         bench: "consume",

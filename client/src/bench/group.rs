@@ -26,6 +26,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::payload;
+use super::progress::Progress;
 use crate::admin::Admin;
 use crate::consumer::{AutoOffsetReset, ConsumerConfig, ConsumerRecord, OffsetQuery};
 use crate::error::{Error, Result};
@@ -56,6 +57,9 @@ pub struct GroupBench {
     pub handover_rate: u64,
     /// Longest wait for the stream to reach every partition, and for the handover.
     pub handover_timeout: Duration,
+    /// Draw a progress line (distinct records of the backlog read) on standard error while
+    /// the backlog is read: for a terminal.
+    pub progress: bool,
 }
 
 impl Default for GroupBench {
@@ -72,6 +76,7 @@ impl Default for GroupBench {
             handover: true,
             handover_rate: 1000,
             handover_timeout: Duration::from_secs(30),
+            progress: false,
         }
     }
 }
@@ -706,6 +711,15 @@ pub async fn run_group(cfg: &GroupBench) -> Result<GroupReport> {
     let start = Instant::now();
     let tally = Arc::new(Tally::new(&ranges, target, cfg.members, start));
     let control = Arc::new(Control::new(cfg.members));
+    let progress = {
+        let tally = tally.clone();
+        Progress::start(cfg.progress, "group", target, move || {
+            (
+                tally.counted_records.load(Ordering::Relaxed),
+                tally.counted_bytes.load(Ordering::Relaxed),
+            )
+        })
+    };
     let mut members = Members(Vec::with_capacity(cfg.members));
     for (i, mut c) in consumers.into_iter().enumerate() {
         c.subscribe(&[cfg.topic.as_str()])?;
@@ -727,6 +741,8 @@ pub async fn run_group(cfg: &GroupBench) -> Result<GroupReport> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
+    // The handover is a measurement of its own, of a few seconds: the line is the backlog's.
+    drop(progress);
     let end = tally.done().unwrap_or_else(|| tally.last_progress());
     let seconds = end.duration_since(start).as_secs_f64().max(1e-9);
     let records = tally.counted_records.load(Ordering::Acquire);

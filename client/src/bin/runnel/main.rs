@@ -5,7 +5,7 @@ mod format;
 mod group;
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,8 +67,7 @@ enum Command {
     #[command(subcommand)]
     Group(group::GroupCommand),
     /// Measure throughput and latency.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +176,15 @@ struct OffsetsArgs {
     time: OffsetQuery,
 }
 
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// No progress line on standard error (drawn only when it is a terminal).
+    #[arg(long, global = true)]
+    no_progress: bool,
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Produce N records of S bytes as fast as possible (or at --rate) and report throughput
@@ -280,10 +288,16 @@ struct BenchGroupArgs {
 /// `--e2e`), and `bench group` several group members, which can use a core each.
 fn worker_threads(command: &Command) -> usize {
     let clients = match command {
-        Command::Bench(BenchCommand::Produce(a)) => a.producers + usize::from(a.e2e),
+        Command::Bench(BenchArgs {
+            command: BenchCommand::Produce(a),
+            ..
+        }) => a.producers + usize::from(a.e2e),
         // A group's members and a plain consumer's fetchers alike may use every core, so that
         // the group/plain ratio of `make bench` compares the consumers, not their threads.
-        Command::Bench(BenchCommand::Group(_) | BenchCommand::Consume(_)) => usize::MAX,
+        Command::Bench(BenchArgs {
+            command: BenchCommand::Group(_) | BenchCommand::Consume(_),
+            ..
+        }) => usize::MAX,
         _ => 1,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -672,8 +686,11 @@ async fn offsets(bootstrap: &str, output: Output, args: OffsetsArgs) -> Result<(
     Ok(())
 }
 
-async fn bench(bootstrap: &str, output: Output, cmd: BenchCommand) -> Result<()> {
-    match cmd {
+async fn bench(bootstrap: &str, output: Output, args: BenchArgs) -> Result<()> {
+    // The line is redrawn in place: only a terminal shows it as one line, and pipes, files
+    // and the benchmark scripts must not get it.
+    let progress = !args.no_progress && std::io::stderr().is_terminal();
+    match args.command {
         BenchCommand::Produce(a) => {
             let report = bench::run_produce(&ProduceBench {
                 bootstrap: bootstrap.to_owned(),
@@ -690,6 +707,7 @@ async fn bench(bootstrap: &str, output: Output, cmd: BenchCommand) -> Result<()>
                 rate: a.rate,
                 e2e: a.e2e,
                 keys: a.keys,
+                progress,
             })
             .await?;
             match output {
@@ -706,6 +724,7 @@ async fn bench(bootstrap: &str, output: Output, cmd: BenchCommand) -> Result<()>
                 topic: a.topic,
                 records: a.records,
                 idle_timeout: Duration::from_millis(a.timeout_ms),
+                progress,
             })
             .await?;
             match output {
@@ -724,6 +743,7 @@ async fn bench(bootstrap: &str, output: Output, cmd: BenchCommand) -> Result<()>
                 auto_commit_interval: Duration::from_millis(a.auto_commit_interval_ms),
                 handover: !a.no_handover,
                 handover_rate: a.handover_rate,
+                progress,
                 ..GroupBench::default()
             })
             .await?;
@@ -816,5 +836,27 @@ mod tests {
             Command::Offsets(a) => assert_eq!(a.time, OffsetQuery::Earliest),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn no_progress_is_taken_before_or_after_the_bench() {
+        for args in [
+            &["runnel", "bench", "--no-progress", "produce", "-n", "5"][..],
+            &["runnel", "bench", "group", "--no-progress"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parse");
+            match cli.command {
+                Command::Bench(b) => assert!(b.no_progress, "{args:?}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        match Cli::try_parse_from(["runnel", "bench", "consume"])
+            .expect("parse")
+            .command
+        {
+            Command::Bench(b) => assert!(!b.no_progress),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["runnel", "topic", "list", "--no-progress"]).is_err());
     }
 }
