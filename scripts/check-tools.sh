@@ -16,6 +16,9 @@ if [ "${1:-}" = "--test" ]; then
   need go "apt-get install -y golang (Go >= 1.26; builds the pinned Kubernetes components for the tests)"
   need openssl "apt-get install -y openssl"
   need setpriv "apt-get install -y util-linux"
+  # The smoke run of `make bench-peers`: Kafka from its jars.
+  need java "apt-get install -y openjdk-17-jre-headless"
+  need mvn "apt-get install -y maven"
 fi
 if command -v cargo >/dev/null 2>&1; then
   cargo fmt --version >/dev/null 2>&1 || { echo "missing: rustfmt — install it with: rustup component add rustfmt" >&2; missing=1; }
