@@ -8,17 +8,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"Runnel": "#d1495b", "Runnel, 3 brokers": "#d1495b", "Kafka": "#30638e", "Kafka, 3 brokers": "#30638e",
-          "Kafka flush.messages=1": "#6c9bc7", "NATS": "#00798c", "NATS sync always": "#7fc4cc"}
+# Also the order of the bars in a group.
+COLORS = {"Kafka": "#30638e", "Kafka, 3 brokers": "#30638e", "Kafka flush.messages=1": "#6c9bc7",
+          "NATS": "#00798c", "NATS sync always": "#7fc4cc", "Runnel": "#d1495b", "Runnel, 3 brokers": "#d1495b"}
 
 
 def bars(ax, groups, title, ylabel, scale=1.0):
     """Grouped bars: one group per workload, one bar per system, the range of its runs as error bars."""
-    labels = []
-    for g in groups:
-        for s in g[1]:
-            if s not in labels:
-                labels.append(s)
+    present = {s for g in groups for s in g[1]}
+    labels = [s for s in COLORS if s in present] + sorted(present - set(COLORS))
     width = 0.8 / max(1, len(labels))
     for i, label in enumerate(labels):
         xs, ys, lo, hi = [], [], [], []
@@ -34,9 +32,11 @@ def bars(ax, groups, title, ylabel, scale=1.0):
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label, color=COLORS.get(label))
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([g[0] for g in groups], fontsize=8)
-    ax.set_ylabel(ylabel)
+    # Log scale: the systems differ by up to two orders of magnitude.
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel + " (log scale)")
     ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="y", alpha=0.3, which="both")
     ax.legend(fontsize=7)
 
 
