@@ -144,7 +144,8 @@ logger.started.level = INFO
 
 # ProducerPerformance's summary: "N records sent, R records/sec (M MB/sec), A ms avg latency, X ms
 # max latency, P50 ms 50th, P95 ms 95th, P99 ms 99th, P999 ms 99.9th."
-KAFKA_PERF = re.compile(r"(\d+) records sent, ([\d.]+) records/sec .*?, ([\d.]+) ms 50th, ([\d.]+) ms 95th, "
+# With --warmup-records a second summary follows: "N steady state records sent, ...".
+KAFKA_PERF = re.compile(r"(\d+) (?:steady state )?records sent, ([\d.]+) records/sec .*?, ([\d.]+) ms 50th, ([\d.]+) ms 95th, "
                         r"([\d.]+) ms 99th, ([\d.]+) ms 99.9th")
 
 
